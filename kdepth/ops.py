@@ -1,0 +1,117 @@
+"""Depth tensor ops shared by data, training and evaluation.
+
+Ground-truth depth in kdepth is float32 metres with holes (no measurement) stored as 0. A NaN or
+an infinity is treated as a hole as well, so that a raw sensor map never becomes a target. All
+ops here are plain TensorFlow ops: they run eagerly, inside `tf.function` and inside a
+`tf.data` map, and they do not touch Keras backend state.
+"""
+
+import tensorflow as tf
+
+RESIZE_METHODS = ("masked_area", "nearest")
+
+# Area-resized mask fractions carry float32 rounding (~1e-6 for non-integer ratios); without a
+# tolerance an output pixel whose footprint is exactly half valid could fall on either side of
+# min_valid=0.5.
+_FRACTION_TOLERANCE = 1e-5
+
+
+def valid_mask(depth, min_depth=0.0, max_depth=None, dtype=tf.bool):
+    """Which depth values are measurements: finite and in (min_depth, max_depth).
+
+    Args:
+        depth: a depth tensor of any shape (metres; 0, NaN and inf are holes).
+        min_depth: values must be strictly greater than this (default 0: a hole is 0).
+        max_depth: if given, values must be strictly smaller than this (evaluation uses 10 m).
+        dtype: dtype of the returned mask; bool by default, e.g. tf.float32 for a 1/0 mask.
+
+    Returns:
+        A tensor of depth's shape: True (or 1) where valid, False (or 0) at holes.
+    """
+    depth = tf.convert_to_tensor(depth)
+    valid = tf.math.is_finite(depth) & (depth > tf.cast(min_depth, depth.dtype))
+    if max_depth is not None:
+        valid = valid & (depth < tf.cast(max_depth, depth.dtype))
+    return valid if dtype == tf.bool else tf.cast(valid, dtype)
+
+
+def _check_size(size):
+    """Validates a static (height, width) and returns it as a tuple of ints; passes tensors on."""
+    if isinstance(size, tf.Tensor | tf.Variable):
+        return size
+    try:
+        height, width = (int(s) for s in size)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"size must be (height, width); received {size!r}. Pass two positive ints, e.g. (56, 75)."
+        ) from None
+    if height <= 0 or width <= 0 or (height, width) != tuple(size):
+        raise ValueError(f"size must be two positive ints (height, width); received {size!r}.")
+    return height, width
+
+
+def masked_resize(depth, size, method="masked_area", min_valid=0.5):
+    """Resizes ground-truth depth with holes so that holes never bleed into valid pixels.
+
+    `masked_area` divides the area resize of depth*mask by the area resize of the mask: each
+    output pixel is the overlap-weighted mean of the *valid* input pixels under its footprint
+    (down- and upsizing, integer and non-integer ratios alike). An output pixel is a hole (0)
+    when the valid fraction of its footprint is below `min_valid`.
+
+    The default min_valid=0.5 is a majority rule: an output pixel is supervised only if most of
+    its footprint was measured. With any threshold above 0 the value is still a mean of valid
+    depths only, but a footprint that is, say, 5% valid usually sits on the rim of a sensor
+    shadow or a depth edge, and its few valid pixels say little about the whole output pixel.
+    Pass min_valid=0.0 to keep every output pixel that has any valid input.
+
+    `nearest` copies the nearest input pixel (holes stay holes).
+
+    Args:
+        depth: (h, w, C), (B, h, w, C) or (B, G, h, w, C) depth (C is normally 1); any leading
+            dims are folded into one batch dim. Holes are 0, NaN or inf.
+        size: output (height, width): two positive ints or an int32 tensor of shape (2,).
+        method: "masked_area" (default) or "nearest".
+        min_valid: in [0, 1]; for "masked_area", the least valid fraction of an output pixel's
+            footprint for it to be valid. Ignored by "nearest".
+
+    Returns:
+        float32 depth of shape (..., height, width, C) with holes as 0.
+    """
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"method must be one of {RESIZE_METHODS}; received {method!r}.")
+    if not 0.0 <= float(min_valid) <= 1.0:
+        raise ValueError(
+            f"min_valid must be in [0, 1] (a fraction of an output pixel's footprint); "
+            f"received {min_valid!r}."
+        )
+    size = _check_size(size)
+    depth = tf.convert_to_tensor(depth)
+    rank = depth.shape.rank
+    if rank is None or rank < 3:
+        raise ValueError(
+            f"depth must have a known rank >= 3, (..., h, w, C); received shape {depth.shape}. "
+            "Add the channel axis, e.g. depth[..., None]."
+        )
+    depth = tf.cast(depth, tf.float32)
+
+    # Fold every leading dim into one batch dim: tf.image.resize takes rank 3 or 4 only.
+    dyn_shape = tf.shape(depth)
+    images = tf.reshape(depth, tf.concat([[-1], dyn_shape[-3:]], axis=0))
+
+    valid = valid_mask(images)
+    filled = tf.where(valid, images, tf.zeros_like(images))
+    if method == "nearest":
+        out = tf.image.resize(filled, size, method="nearest")
+    else:
+        mask = tf.cast(valid, tf.float32)
+        total = tf.image.resize(filled, size, method="area")
+        fraction = tf.image.resize(mask, size, method="area")
+        keep = (fraction > 0.0) & (fraction >= float(min_valid) - _FRACTION_TOLERANCE)
+        # Divide only where kept: elsewhere the fraction can be 0.
+        out = tf.where(keep, total / tf.where(keep, fraction, tf.ones_like(fraction)), 0.0)
+
+    out_hw = tf.shape(out)[1:3]
+    out = tf.reshape(out, tf.concat([dyn_shape[:-3], out_hw, dyn_shape[-1:]], axis=0))
+    static_hw = list(size) if isinstance(size, tuple) else [None, None]
+    out.set_shape(depth.shape[:-3].concatenate(static_hw + [depth.shape[-1]]))
+    return out
