@@ -1,0 +1,156 @@
+"""The tf.data pipeline: source samples -> resized, masked, jittered flip groups in batches.
+
+One function, `build_dataset`, serves every source, split and stage. An element of the result is
+
+    images: float32 (B, G, H, W, 3), raw RGB 0-255, copy g = the image under flip_group[g]
+    target: {"depth": float32 (B, G, h, w, 1) metres, 0 at holes,
+             "mask":  float32 (B, G, h, w, 1), 1 where the depth is valid}
+
+so a flip group travels as one element and is never split across devices when a batch is
+sharded. The ground truth of each copy is flipped with its image; `kdepth.flips.undo_group`
+maps predictions back.
+"""
+
+import tensorflow as tf
+
+from kdepth import flips
+from kdepth.ops import masked_resize
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _resize_sample(sample, input_size, target_size, depth_resize):
+    image = tf.cast(sample["image"], tf.float32)
+    # Antialiasing matters when a 480x640 frame becomes a 64x80 input: plain bilinear aliases.
+    image = tf.image.resize(image, input_size, method="bilinear", antialias=True)
+    image = tf.clip_by_value(image, 0.0, 255.0)
+    depth = masked_resize(sample["depth"][..., None], target_size, method=depth_resize)
+    return image, depth
+
+
+def _jitter(image, seed, brightness, contrast, saturation):
+    """Photometric jitter on a 0-255 image, the same for every copy of a flip group."""
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    x = image / 255.0
+    if brightness > 0:
+        x = x * tf.random.stateless_uniform([], seeds[0], 1.0 - brightness, 1.0 + brightness)
+    if contrast > 0:
+        x = tf.image.stateless_random_contrast(x, 1.0 - contrast, 1.0 + contrast, seeds[1])
+    if saturation > 0:
+        x = tf.image.stateless_random_saturation(x, 1.0 - saturation, 1.0 + saturation, seeds[2])
+    return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+
+
+def _to_group(image, depth, group):
+    mask = tf.cast(depth > 0, tf.float32)
+    return flips.make_group(image, group), {
+        "depth": flips.make_group(depth, group),
+        "mask": flips.make_group(mask, group),
+    }
+
+
+def build_dataset(
+    source,
+    split,
+    *,
+    input_size,
+    target_size=None,
+    flip_group=("identity",),
+    batch_size=8,
+    training=False,
+    seed=0,
+    jitter=(0.0, 0.0, 0.0),
+    shuffle_buffer=0,
+    cache=False,
+    skip_bad_files=False,
+    depth_resize="masked_area",
+    repeat=False,
+    drop_remainder=None,
+):
+    """Builds the batched pipeline of flip groups for one split of a source.
+
+    Args:
+        source: a `kdepth.data.sources.Source`.
+        split: split name, e.g. "train".
+        input_size: (H, W) of the images fed to the network.
+        target_size: (h, w) of the ground truth; None = input_size.
+        flip_group: flip names (kdepth.flips.FLIPS) stacked per element, G = len(flip_group).
+        batch_size: flip groups per batch.
+        training: shuffle, jitter and drop the last partial batch.
+        seed: makes shuffling and jitter deterministic.
+        jitter: (brightness, contrast, saturation) maximum relative changes; 0 = off.
+        shuffle_buffer: samples in the shuffle buffer after caching (0 = source order only).
+        cache: keep decoded, resized samples in memory after the first pass.
+        skip_bad_files: drop unreadable samples (logged and counted by the source) instead of
+            stopping with the file's name.
+        depth_resize: "masked_area" or "nearest"; either keeps holes out of valid pixels.
+        repeat: repeat forever (with a fresh shuffle each pass).
+        drop_remainder: default `training`.
+
+    Returns:
+        A `tf.data.Dataset` of (images, {"depth", "mask"}) batches as described in the module.
+    """
+    input_size = tuple(int(v) for v in input_size)
+    target_size = tuple(int(v) for v in (target_size or input_size))
+    group = flips.validate_group(flip_group)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, received {batch_size}.")
+    if drop_remainder is None:
+        drop_remainder = training
+
+    ds = source.raw_dataset(split, shuffle=training, seed=seed, skip_bad_files=skip_bad_files)
+    ds = ds.map(
+        lambda s: _resize_sample(s, input_size, target_size, depth_resize),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    if cache:
+        ds = ds.cache()
+    if repeat:
+        ds = ds.repeat()
+    if training and shuffle_buffer > 0:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if training and any(j > 0 for j in jitter):
+        # One independent stateless seed per element keeps jitter deterministic yet varied.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda pair, s: (_jitter(pair[0], s, *jitter), pair[1]),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
+    ds = ds.map(lambda image, depth: _to_group(image, depth, group), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def dataset_from_config(config, split, *, training, source=None, flip_group=None, batch_size=None, repeat=False):
+    """Builds `build_dataset` for `split` from a resolved kdepth config.
+
+    Validation and test pipelines use the same code with training=False (no shuffle or jitter);
+    `flip_group` defaults to the configured group for training and ("identity",) otherwise.
+    """
+    from kdepth.data.sources import open_source
+
+    data = config.data
+    source = source or open_source(data, config.model.input_size)
+    if flip_group is None:
+        flip_group = data.flip_group if training else ("identity",)
+    ds = build_dataset(
+        source,
+        split,
+        input_size=config.model.input_size,
+        target_size=data.target_size or None,
+        flip_group=flip_group,
+        batch_size=batch_size or config.train.batch_size,
+        training=training,
+        seed=data.seed,
+        jitter=(data.jitter_brightness, data.jitter_contrast, data.jitter_saturation) if training else (0.0, 0.0, 0.0),
+        shuffle_buffer=data.shuffle_buffer,
+        cache=data.cache,
+        skip_bad_files=data.skip_bad_files,
+        depth_resize=data.depth_resize,
+        repeat=repeat,
+    )
+    return ds, source
