@@ -1,0 +1,403 @@
+"""`fit`: one training stage from a resolved config, as a plain function the CLI and tests call.
+
+Stages (the poster's schedule, without its decay bug):
+    1: scales 1 and 2 train; scale 3 is not built.
+    2: scale 3 trains; scales 1 and 2 are frozen and start from stage 1.
+    3: everything trains at `finetune_lr_scale` times the rates, starting from stage 2.
+
+Outputs go to RUN_DIR/NAME/stage{N}/: config.toml, model.keras (the network), best and last
+weights, backup/ (resume by running the same command again), log.csv, tensorboard/ and
+summary.json with the final metrics beside the mean-depth baseline.
+"""
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kdepth.config import save_config
+from kdepth.data.pipeline import dataset_from_config
+from kdepth.data.sources import open_source
+from kdepth.errors import KdepthError
+from kdepth.metrics import training_metrics
+from kdepth.models.network import build_network, layer_groups, load_backbone_weights
+from kdepth.training import callbacks as cb
+from kdepth.training.trainer import DepthTrainer
+
+GROUPS = ("backbone", "coarse", "skip", "scale2", "scale3")
+# Which parameter groups train in each stage.
+STAGE_TRAINABLE = {
+    1: {"backbone", "coarse", "skip", "scale2"},
+    2: {"scale3"},
+    3: set(GROUPS),
+}
+OVERFIT_MAX_EPOCHS, OVERFIT_STEPS, OVERFIT_TARGET = 60, 10, 0.99
+METRIC_NAMES = ("delta1", "delta2", "delta3", "abs_rel", "rmse")
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What a stage produced: paths and the final metrics on train, val and the baseline."""
+
+    stage_dir: Path
+    model_path: Path
+    train: dict
+    val: dict
+    baseline: dict
+    mean_depth: float
+    epochs_run: int
+    seconds: float
+    collapsed_epochs: list
+
+    def format(self):
+        rows = [("train (no augmentation)", self.train), ("val", self.val), (f"val, mean-depth baseline ({self.mean_depth:.2f} m)", self.baseline)]
+        width = max(len(r[0]) for r in rows) + 2
+        lines = ["".ljust(width) + "".join(f"{m:>9}" for m in METRIC_NAMES)]
+        for label, values in rows:
+            lines.append(label.ljust(width) + "".join(f"{values[m]:9.3f}" for m in METRIC_NAMES))
+        return "\n".join(lines)
+
+
+def stage_dir(config, stage):
+    return Path(config.train.run_dir) / config.train.name / f"stage{stage}"
+
+
+def network_kwargs(config, scales):
+    m = config.model
+    return dict(
+        input_size=tuple(m.input_size),
+        scales=scales,
+        skips=m.skips,
+        output=m.output,
+        coarse_hidden=m.coarse_hidden,
+        dropout=m.dropout,
+        conv_init=m.conv_init,
+        depth_init=m.depth_init,
+    )
+
+
+def scales_for_stage(config, stage):
+    """Scales to build: stage 1 never builds scale 3 (it would not train and costs time)."""
+    if stage >= 2 and config.model.scales < 3:
+        raise KdepthError(
+            f"stage {stage} trains scale 3 but model.scales={config.model.scales}; "
+            "set --set model.scales=3 or train only --stage 1."
+        )
+    return min(config.model.scales, 2) if stage == 1 else config.model.scales
+
+
+def transfer_weights(source, target):
+    """Copies weights layer by layer, matched by layer name and shape. Returns (copied, total)."""
+    by_name = {layer.name: layer for layer in source.layers if layer.weights}
+    copied = total = 0
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        total += 1
+        src = by_name.get(layer.name)
+        if src is None:
+            continue
+        values = src.get_weights()
+        if [v.shape for v in values] != [tuple(w.shape) for w in layer.weights]:
+            raise KdepthError(
+                f"layer {layer.name!r}: saved weights have shapes {[v.shape for v in values]} but this "
+                f"model needs {[tuple(w.shape) for w in layer.weights]}; the model settings (input size, "
+                "skips, coarse_hidden) must match the run the weights come from."
+            )
+        layer.set_weights(values)
+        copied += 1
+    return copied, total
+
+
+def resolve_init(config, stage):
+    """The model file a stage starts from, or None for stage 1 without --init."""
+    if config.train.init:
+        path = Path(config.train.init)
+        if path.is_dir():
+            path = path / "model.keras"
+        if not path.is_file():
+            raise KdepthError(f"--init {config.train.init!r}: no model file there; pass a .keras file or a stage directory.")
+        return path
+    if stage == 1:
+        return None
+    previous = stage_dir(config, stage - 1) / "model.keras"
+    if not previous.is_file():
+        raise KdepthError(
+            f"stage {stage} starts from stage {stage - 1}'s weights, but {previous} does not exist. "
+            f"Run `kdepth fit --stage {stage - 1}` first with the same --config and train.name, or pass --init PATH."
+        )
+    return previous
+
+
+def load_model_file(path):
+    """Loads a kdepth network saved as .keras, with a clear message for a foreign or broken file."""
+    import kdepth.models.network  # noqa: F401  (registers the custom layers)
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:  # Keras raises many types for a wrong or truncated file
+        raise KdepthError(f"{path}: cannot be loaded as a kdepth model ({type(e).__name__}: {e}).") from e
+
+
+def apply_stage(network, stage):
+    """Sets `trainable` per parameter group for a stage; returns {group: (trainable, params)}."""
+    summary = {}
+    for group, layers in layer_groups(network).items():
+        trainable = group in STAGE_TRAINABLE[stage]
+        for layer in layers:
+            layer.trainable = trainable
+        params = sum(int(np.prod(w.shape)) for layer in layers for w in layer.weights)
+        summary[group] = (trainable, params)
+    return summary
+
+
+def build_optimizer(config, network, stage):
+    """One optimizer per parameter group (the poster's per-layer rates) in a MultiOptimizer."""
+    t = config.train
+    scale = t.finetune_lr_scale if stage == 3 else 1.0
+    rates = {g: getattr(t, f"lr_{g}") * scale for g in GROUPS}
+    group_of = {}
+    for group, layers in layer_groups(network).items():
+        for layer in layers:
+            for w in layer.trainable_weights:
+                group_of[id(w)] = group
+
+    def make(group):
+        kwargs = dict(learning_rate=rates[group], clipnorm=t.clipnorm or None)
+        if t.optimizer == "sgd":
+            opt = keras.optimizers.SGD(momentum=0.9, weight_decay=t.weight_decay or None, **kwargs)
+        elif t.optimizer == "adamw":
+            opt = keras.optimizers.AdamW(weight_decay=t.weight_decay, **kwargs)
+        else:
+            opt = keras.optimizers.Adam(weight_decay=t.weight_decay or None, **kwargs)
+        if t.weight_decay:
+            opt.exclude_from_weight_decay(var_names=["bias"])
+        return opt
+
+    active = sorted({g for g in group_of.values()})
+    optimizers = {g: make(g) for g in active}
+    multi = keras.optimizers.MultiOptimizer(lambda v: optimizers[group_of[id(v)]])
+    if t.precision == "mixed_float16":
+        multi = keras.optimizers.LossScaleOptimizer(multi)
+    return multi, optimizers, {g: rates[g] for g in active}
+
+
+def _metrics_on(network, dataset, steps, final_scale, constant=None):
+    """delta1-3, AbsRel, RMSE over `steps` batches (all valid pixels pooled)."""
+    metrics = training_metrics()
+    for images, target in dataset.take(steps):
+        gt = tf.reshape(target["depth"] * target["mask"], [-1, *target["depth"].shape[2:]])
+        if constant is None:
+            x = tf.reshape(images, [-1, *images.shape[2:]])
+            pred = network(x, training=False)[final_scale]
+            pred = tf.image.resize(pred, tf.shape(gt)[1:3], method="bilinear")
+        else:
+            pred = tf.fill(tf.shape(gt), tf.constant(constant, tf.float32))
+        for m in metrics:
+            m.update_state(gt, pred)
+    return {m.name: float(m.result()) for m in metrics}
+
+
+def mean_train_depth(dataset, steps):
+    """Mean ground-truth depth (metres) over valid pixels of up to `steps` training batches."""
+    total = count = 0.0
+    for _, target in dataset.take(steps):
+        total += float(tf.reduce_sum(target["depth"] * target["mask"]))
+        count += float(tf.reduce_sum(target["mask"]))
+    if count == 0:
+        raise KdepthError("the training split has no valid depth pixel; run `kdepth data check`.")
+    return total / count
+
+
+def _count(source, split, what):
+    try:
+        return source.num_samples(split)
+    except KdepthError as e:
+        raise KdepthError(f"{what}: {e}") from e
+
+
+def fit(config, *, stage=None, overfit=0, echo=print):
+    """Trains one stage as the config says and returns a `FitResult`.
+
+    Args:
+        config: a resolved `kdepth.config.Config`.
+        stage: overrides config.train.stage.
+        overfit: if > 0, train on the first `overfit` training images only, without
+            augmentation, until they are fitted: the poster's pipeline check.
+        echo: where progress messages go.
+    """
+    stage = stage or config.train.stage
+    config = config.replace(train__stage=stage)
+    t, d = config.train, config.data
+    if overfit:
+        # Fit N images exactly: no augmentation or dropout-driven noise, one image per group.
+        config = config.replace(
+            data__jitter_brightness=0.0, data__jitter_contrast=0.0, data__jitter_saturation=0.0,
+            data__flip_group=["identity"], model__dropout=0.0, train__lr_schedule="constant",
+            train__warmup_epochs=0, train__batch_size=min(t.batch_size, overfit),
+        )
+        t, d = config.train, config.data
+    out = stage_dir(config, stage)
+    if overfit:
+        out = out.parent / f"overfit{overfit}"
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out)
+
+    previous_policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(t.precision)
+    keras.utils.set_random_seed(t.seed)
+    try:
+        return _fit(config, stage, overfit, out, echo)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _fit(config, stage, overfit, out, echo):
+    t, d = config.train, config.data
+    start = time.perf_counter()
+    source = open_source(d, config.model.input_size)
+    n_train = _count(source, d.train_split, "training split")
+    n_val = _count(source, d.val_split, "validation split")
+
+    init_path = resolve_init(config, stage)
+    network = build_network(**network_kwargs(config, scales_for_stage(config, stage)), backbone_weights="none")
+    if init_path is None:
+        echo(load_backbone_weights(network, config.model.backbone_weights))
+    else:
+        copied, total = transfer_weights(load_model_file(init_path), network)
+        echo(f"loaded {copied} of {total} weighted layers from {init_path} (matched by layer name)")
+    groups = apply_stage(network, stage)
+
+    trainer = DepthTrainer(
+        network,
+        flip_group=d.flip_group,
+        mse_weights={"scale1": config.loss.mse_scale1, "scale2": config.loss.mse_scale2, "scale3": config.loss.mse_scale3},
+        space=config.loss.space,
+        set_weight=config.loss.set_weight,
+        silog_weight=config.loss.silog_weight,
+        silog_lambda=config.loss.silog_lambda,
+        grad_weight=config.loss.grad_weight,
+    )
+    optimizer, sub_optimizers, rates = build_optimizer(config, network, stage)
+    trainer.compile(optimizer=optimizer, steps_per_execution=t.steps_per_execution, jit_compile=t.jit_compile)
+
+    if overfit:
+        if overfit > n_train:
+            raise KdepthError(f"--overfit {overfit} needs that many training images; the split has {n_train}.")
+        source = _FirstN(source, d.train_split, overfit)
+        n_train = overfit
+    batch_images = t.batch_size * len(d.flip_group)
+    steps = t.steps_per_epoch or max(1, n_train // t.batch_size)
+    val_steps = t.val_steps or max(1, math.ceil(n_val / t.batch_size))
+    train_ds, _ = dataset_from_config(config, d.train_split, training=True, source=source, repeat=True)
+    val_split = d.train_split if overfit else d.val_split
+    # Validation sees the same flip groups as training, so val_loss and val_set compare with
+    # their training values; the final figures below use the plain images.
+    val_ds, _ = dataset_from_config(config, val_split, training=False, source=source, flip_group=d.flip_group)
+
+    echo(_stage_summary(stage, groups, trainer, network, config, steps, batch_images, n_train, n_val))
+
+    sample_images, sample_target = next(iter(val_ds.take(1)))
+    trainer(sample_images[:1])  # BackupAndRestore needs a built model
+    sample_images = sample_images[: max(t.tensorboard_images, 1), 0]
+    sample_depths = (sample_target["depth"] * sample_target["mask"])[: max(t.tensorboard_images, 1), 0]
+    collapse = cb.CollapseGuard(network, sample_images, trainer.final_scale, t.collapse_std, echo=echo)
+    callbacks = [
+        cb.EpochLearningRate(
+            sub_optimizers, rates, steps, schedule=t.lr_schedule, epochs=t.epochs, decay_rate=t.lr_decay_rate,
+            decay_epochs=t.lr_decay_epochs, min_ratio=t.lr_min_ratio, warmup_epochs=t.warmup_epochs,
+        ),
+        cb.NonFiniteGuard(trainer.term_trackers),
+        collapse,
+        keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
+        keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
+        keras.callbacks.ModelCheckpoint(str(out / "last.weights.h5"), save_weights_only=True),
+        keras.callbacks.ModelCheckpoint(
+            str(out / "best.weights.h5"), save_weights_only=True, save_best_only=True, monitor="val_delta1", mode="max"
+        ),
+        keras.callbacks.BackupAndRestore(str(out / "backup"), save_freq=t.backup_every or "epoch"),
+    ]
+    if t.tensorboard_images:
+        callbacks.insert(3, cb.DepthImages(network, sample_images, sample_depths, out / "tensorboard" / "images"))
+    epochs = t.epochs
+    if overfit:
+        # Until fitted: stop once the N images are predicted within 1.25x almost everywhere.
+        epochs, steps = OVERFIT_MAX_EPOCHS, OVERFIT_STEPS
+        callbacks.append(cb.StopWhenFitted("val_delta1", OVERFIT_TARGET))
+
+    history = trainer.fit(
+        train_ds,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        validation_data=val_ds,
+        validation_steps=val_steps,
+        callbacks=callbacks,
+        verbose=t.verbose,
+        shuffle=False,  # the pipeline shuffles, seeded
+    )
+    model_path = out / "model.keras"
+    network.save(model_path)
+
+    # Final figures without augmentation: train (as many batches as val), val and the baseline.
+    eval_train, _ = dataset_from_config(config, d.train_split, training=False, source=source)
+    eval_val, _ = dataset_from_config(config, val_split, training=False, source=source)
+    mean_depth = mean_train_depth(eval_train, steps=min(steps, 50))
+    train_metrics = _metrics_on(network, eval_train, val_steps, trainer.final_scale)
+    val_metrics = _metrics_on(network, eval_val, val_steps, trainer.final_scale)
+    baseline = _metrics_on(network, eval_val, val_steps, trainer.final_scale, constant=mean_depth)
+    result = FitResult(
+        stage_dir=out, model_path=model_path, train=train_metrics, val=val_metrics, baseline=baseline,
+        mean_depth=mean_depth, epochs_run=len(history.epoch), seconds=time.perf_counter() - start,
+        collapsed_epochs=collapse.collapsed_epochs,
+    )
+    (out / "summary.json").write_text(
+        json.dumps(
+            {
+                "stage": stage, "overfit": overfit, "train": train_metrics, "val": val_metrics,
+                "baseline": baseline, "mean_depth": mean_depth, "epochs": result.epochs_run,
+                "seconds": round(result.seconds, 1), "collapsed_epochs": result.collapsed_epochs,
+            },
+            indent=2,
+        )
+    )
+    return result
+
+
+def _stage_summary(stage, groups, trainer, network, config, steps, batch_images, n_train, n_val):
+    lines = [f"stage {stage}: {trainer.final_scale} is the output; outputs {list(network.output_names)}"]
+    lines.append(f"{'group':<10}{'trains':>8}{'params':>14}")
+    for group, (trainable, params) in groups.items():
+        lines.append(f"{group:<10}{'yes' if trainable else 'frozen':>8}{params:>14,}")
+    n_trainable = sum(p for tr, p in groups.values() if tr)
+    n_total = sum(p for _, p in groups.values())
+    lines.append(f"trainable {n_trainable:,} of {n_total:,} parameters")
+    lines.append(
+        f"data: {config.data.source} {config.data.root} - {n_train} train / {n_val} val samples; input "
+        f"{config.model.input_size[0]}x{config.model.input_size[1]}, flip group {config.data.flip_group}, "
+        f"{batch_images} images per step, {steps} steps per epoch, {config.train.epochs} epochs, "
+        f"precision {config.train.precision}"
+    )
+    return "\n".join(lines)
+
+
+class _FirstN:
+    """A view of a source whose `split` holds only its first n samples (for --overfit)."""
+
+    def __init__(self, source, split, n):
+        self._source, self._split, self._n = source, split, n
+        self.name = f"{source.name} (first {n} of {split})"
+
+    def __getattr__(self, name):
+        return getattr(self._source, name)
+
+    def num_samples(self, split):
+        return self._n if split == self._split else self._source.num_samples(split)
+
+    def raw_dataset(self, split, *, shuffle, seed, skip_bad_files):
+        ds = self._source.raw_dataset(split, shuffle=False, seed=seed, skip_bad_files=skip_bad_files)
+        return ds.take(self._n) if split == self._split else ds

@@ -1,0 +1,181 @@
+"""The trainer model: owns the loop (losses, metrics, flip groups) around a plain depth network.
+
+After the keras-io trainer pattern: `DepthTrainer` wraps the network built by
+`kdepth.models.network.build_network` and overrides `train_step` / `test_step`. The network owns
+the math and is what gets saved and exported; the trainer only exists while fitting.
+"""
+
+import keras
+import tensorflow as tf
+
+from kdepth import flips
+from kdepth.losses import GradientMatchingLoss, MaskedMSE, ScaleInvariantLoss, SetLoss
+from kdepth.metrics import training_metrics
+from kdepth.ops import masked_resize
+
+SCALES = ("scale1", "scale2", "scale3")
+
+
+def _replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+@keras.saving.register_keras_serializable(package="kdepth")
+class DepthTrainer(keras.Model):
+    """Trains a depth network on flip-group batches.
+
+    A batch is `(images (B, G, H, W, 3), {"depth": (B, G, h, w, 1), "mask": ...})` from
+    `kdepth.data.pipeline`. All B*G copies go through the network in one forward pass. The
+    loss is
+
+        sum_s mse_weights[s] * MaskedMSE(scale s)        (target resized to each scale, holes kept)
+        + set_weight   * SetLoss(final scale, flip group)
+        + silog_weight * ScaleInvariantLoss(final scale)
+        + grad_weight  * GradientMatchingLoss(final scale)
+
+    Every term is a `keras.losses.Loss` whose reduction divides by the replica count under
+    `tf.distribute`, so gradients are right on any number of devices; each term is logged on
+    its own. Metrics (delta1-3, AbsRel, RMSE) compare the final scale, resized to the target
+    size, with the ground truth on valid pixels.
+
+    Args:
+        network: functional model with outputs {"scale1", "scale2"[, "scale3"]} in metres.
+        flip_group: flip names of the copies in each element.
+        mse_weights: {scale name: weight}; scales missing from the network are ignored.
+        space: "log" or "linear" for the MSE and set loss.
+        set_weight, silog_weight, silog_lambda, grad_weight: the other terms (0 = off).
+    """
+
+    def __init__(
+        self,
+        network,
+        flip_group=("identity",),
+        mse_weights=None,
+        space="log",
+        set_weight=0.0,
+        silog_weight=0.0,
+        silog_lambda=0.5,
+        grad_weight=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.network = network
+        self.flip_group = flips.validate_group(flip_group)
+        built = [s for s in SCALES if s in network.output_names]
+        self.final_scale = built[-1]
+        weights = dict(mse_weights or {self.final_scale: 1.0})
+        unknown = set(weights) - set(SCALES)
+        if unknown:
+            raise ValueError(f"mse_weights has {sorted(unknown)}; allowed keys: {list(SCALES)}.")
+        self.mse_weights = {s: float(weights[s]) for s in built if weights.get(s, 0.0) > 0}
+        self.space = space
+        self.set_weight = float(set_weight)
+        self.silog_weight = float(silog_weight)
+        self.silog_lambda = float(silog_lambda)
+        self.grad_weight = float(grad_weight)
+
+        self.mse_losses = {s: MaskedMSE(space=space, name=f"mse_{s}") for s in self.mse_weights}
+        self.set_loss = SetLoss(group=list(self.flip_group), space=space, name="set")
+        self.silog_loss = ScaleInvariantLoss(lam=silog_lambda, name="silog")
+        self.grad_loss = GradientMatchingLoss(name="grad")
+        names = [f"mse_{s}" for s in self.mse_weights]
+        if self.set_weight > 0 and len(self.flip_group) > 1:
+            names.append("set")
+        if self.silog_weight > 0:
+            names.append("silog")
+        if self.grad_weight > 0:
+            names.append("grad")
+        self.term_trackers = {n: keras.metrics.Mean(name=n) for n in names}
+        self.depth_metrics = training_metrics()
+
+    def call(self, images, training=False):
+        """Runs the network on (B, H, W, 3) or (B, G, H, W, 3) images; returns its output dict."""
+        if len(images.shape) == 5:
+            shape = tf.shape(images)
+            folded = tf.reshape(images, tf.concat([[-1], shape[2:]], axis=0))
+            out = self.network(folded, training=training)
+            return {k: tf.reshape(v, tf.concat([shape[:2], tf.shape(v)[1:]], axis=0)) for k, v in out.items()}
+        return self.network(images, training=training)
+
+    def _fold(self, x):
+        """(B, G, h, w, C) -> (B*G, h, w, C)."""
+        return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
+
+    def compute_terms(self, target, preds):
+        """Returns ({term name: unweighted per-replica loss}, weighted total)."""
+        depth = self._fold(target["depth"])
+        depth = depth * self._fold(target["mask"])  # holes are 0 whatever the source wrote there
+        terms, total = {}, 0.0
+        for scale, weight in self.mse_weights.items():
+            pred = self._fold(preds[scale])
+            gt = masked_resize(depth, pred.shape[1:3])
+            terms[f"mse_{scale}"] = self.mse_losses[scale](gt, pred)
+            total += weight * terms[f"mse_{scale}"]
+        final = preds[self.final_scale]
+        if "set" in self.term_trackers:
+            terms["set"] = self.set_loss(final, final)  # the set loss needs no ground truth
+            total += self.set_weight * terms["set"]
+        if "silog" in self.term_trackers or "grad" in self.term_trackers:
+            flat = self._fold(final)
+            gt = masked_resize(depth, flat.shape[1:3])
+            if "silog" in self.term_trackers:
+                terms["silog"] = self.silog_loss(gt, flat)
+                total += self.silog_weight * terms["silog"]
+            if "grad" in self.term_trackers:
+                terms["grad"] = self.grad_loss(gt, flat)
+                total += self.grad_weight * terms["grad"]
+        return terms, total
+
+    def _update_metrics(self, target, preds, terms, total):
+        # Loss values are per replica (divided by the replica count); log the global value.
+        scale = tf.cast(_replicas(), tf.float32)
+        for metric in self.metrics:
+            if metric.name == "loss":  # the tracker compile() creates
+                metric.update_state(total * scale)
+        for name, tracker in self.term_trackers.items():
+            tracker.update_state(terms[name] * scale)
+        gt = self._fold(target["depth"]) * self._fold(target["mask"])
+        pred = tf.image.resize(self._fold(preds[self.final_scale]), tf.shape(gt)[1:3], method="bilinear")
+        for metric in self.depth_metrics:
+            metric.update_state(gt, pred)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        images, target, _ = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            preds = self(images, training=True)
+            terms, total = self.compute_terms(target, preds)
+            if self.losses:  # kernel regularisers, if any
+                total += tf.add_n(self.losses)
+            scaled = self.optimizer.scale_loss(total)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        return self._update_metrics(target, preds, terms, total)
+
+    def test_step(self, data):
+        images, target, _ = keras.utils.unpack_x_y_sample_weight(data)
+        preds = self(images, training=False)
+        terms, total = self.compute_terms(target, preds)
+        return self._update_metrics(target, preds, terms, total)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "network": keras.saving.serialize_keras_object(self.network),
+                "flip_group": list(self.flip_group),
+                "mse_weights": self.mse_weights,
+                "space": self.space,
+                "set_weight": self.set_weight,
+                "silog_weight": self.silog_weight,
+                "silog_lambda": self.silog_lambda,
+                "grad_weight": self.grad_weight,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        return cls(**config)

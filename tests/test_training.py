@@ -1,0 +1,160 @@
+"""Training: the trainer model, stages, callbacks and `fit` end to end on tiny synthetic data."""
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kdepth.config import load_config
+from kdepth.errors import KdepthError
+from kdepth.models.network import build_network
+from kdepth.training import callbacks as cb
+from kdepth.training.fit import apply_stage, build_optimizer, fit, transfer_weights
+from kdepth.training.trainer import DepthTrainer
+
+
+def tiny_config(tmp_path, *extra):
+    return load_config(
+        [],
+        [
+            "model.input_size=[32, 32]",
+            "model.coarse_hidden=32",
+            "data.synthetic_train=8",
+            "data.synthetic_val=4",
+            "data.synthetic_test=4",
+            "data.shuffle_buffer=8",
+            "train.batch_size=2",
+            "train.epochs=1",
+            "train.verbose=0",
+            "train.tensorboard_images=2",
+            f'train.run_dir="{tmp_path / "runs"}"',
+            *extra,
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    "schedule, epoch, expected",
+    [
+        ("constant", 7.0, 1.0),
+        ("step", 9.9, 1.0),
+        ("step", 10.0, 0.1),
+        ("exponential", 5.0, 0.1**0.5),
+        ("cosine", 0.0, 1.0),
+        ("cosine", 10.0, 0.01),
+        ("cosine", 5.0, 0.01 + 0.99 * 0.5),
+    ],
+)
+def test_schedule_factor(schedule, epoch, expected):
+    factor = cb.schedule_factor(epoch, schedule=schedule, epochs=10, decay_rate=0.1, decay_epochs=10, min_ratio=0.01)
+    assert factor == pytest.approx(expected)
+
+
+def test_warmup_ramps_then_leaves_the_schedule():
+    f = lambda e: cb.schedule_factor(e, schedule="constant", epochs=10, warmup_epochs=2)  # noqa: E731
+    assert f(0.0) == pytest.approx(0.1) and f(1.0) == pytest.approx(0.55) and f(2.0) == 1.0
+
+
+def _batch(rng, b=2, g=2, size=32):
+    images = rng.uniform(0, 255, (b, 1, size, size, 3)).astype("float32")
+    images = np.concatenate([images, images[:, :, :, ::-1]], axis=1)[:, :g]
+    depth = rng.uniform(1, 5, (b, 1, size, size, 1)).astype("float32")
+    depth = np.concatenate([depth, depth[:, :, :, ::-1]], axis=1)[:, :g]
+    depth[:, :, :4] = 0.0  # holes
+    return tf.constant(images), {"depth": tf.constant(depth), "mask": tf.constant((depth > 0).astype("float32"))}
+
+
+def _trainer(config, scales, stage):
+    network = build_network(input_size=(32, 32), scales=scales, coarse_hidden=32, backbone_weights="none")
+    apply_stage(network, stage)
+    trainer = DepthTrainer(network, flip_group=("identity", "lr"), mse_weights={"scale1": 0.5, "scale2": 1.0, "scale3": 1.0}, set_weight=1.5)
+    trainer.compile(optimizer=build_optimizer(config, network, stage)[0])
+    return network, trainer
+
+
+def test_stage2_freezes_scales_1_and_2(tmp_path):
+    config = tiny_config(tmp_path)
+    network, trainer = _trainer(config, scales=3, stage=2)
+    trainable = {v.path for v in network.trainable_variables}
+    assert trainable and all("scale3" in p for p in trainable)
+    before = {layer.name: [w.copy() for w in layer.get_weights()] for layer in network.layers if layer.weights}
+    trainer.train_on_batch(*_batch(np.random.default_rng(0)))
+    for layer in network.layers:
+        if not layer.weights:
+            continue
+        changed = any(not np.array_equal(a, b) for a, b in zip(before[layer.name], layer.get_weights()))
+        assert changed == layer.name.startswith("scale3"), layer.name
+
+
+def test_stage1_trains_everything_built(tmp_path):
+    network, trainer = _trainer(tiny_config(tmp_path), scales=2, stage=1)
+    assert len(network.trainable_variables) == len(network.weights)
+    logs = trainer.train_on_batch(*_batch(np.random.default_rng(1)), return_dict=True)
+    for name in ("loss", "mse_scale1", "mse_scale2", "set", "delta1", "abs_rel", "rmse"):
+        assert name in logs and math.isfinite(logs[name]), name
+
+
+def test_trainer_loss_is_the_weighted_sum_of_its_terms(tmp_path):
+    network, trainer = _trainer(tiny_config(tmp_path), scales=2, stage=1)
+    images, target = _batch(np.random.default_rng(2))
+    trainer.train_on_batch(images, target)  # the heads start at zero: constant, flip-consistent depth
+    preds = trainer(images, training=False)
+    terms, total = trainer.compute_terms(target, preds)
+    expected = 0.5 * terms["mse_scale1"] + terms["mse_scale2"] + 1.5 * terms["set"]
+    np.testing.assert_allclose(float(total), float(expected), rtol=1e-6)
+    assert float(terms["set"]) > 0  # a trained network is not exactly flip-consistent
+
+
+def test_transfer_weights_matches_by_name():
+    small = build_network(input_size=(32, 32), scales=2, coarse_hidden=32)
+    big = build_network(input_size=(32, 32), scales=3, coarse_hidden=32)
+    copied, total = transfer_weights(small, big)
+    assert copied == len([layer for layer in small.layers if layer.weights]) and total > copied
+    np.testing.assert_array_equal(big.get_layer("scale2_conv3").get_weights()[0], small.get_layer("scale2_conv3").get_weights()[0])
+    other = build_network(input_size=(32, 32), scales=2, coarse_hidden=16)
+    with pytest.raises(KdepthError, match="scale1_dense1"):
+        transfer_weights(other, big)
+
+
+def test_fit_writes_a_complete_run_and_lowers_the_loss(tmp_path):
+    config = tiny_config(tmp_path, "train.epochs=3", "train.steps_per_epoch=4", "train.warmup_epochs=0")
+    result = fit(config)
+    out = result.stage_dir
+    for name in ("config.toml", "model.keras", "last.weights.h5", "best.weights.h5", "log.csv", "summary.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert not (out / "backup").exists() or not any((out / "backup").iterdir())  # removed after a clean finish
+    log = (out / "log.csv").read_text().splitlines()
+    header = log[0].split(",")
+    for column in ("loss", "mse_scale2", "set", "delta1", "val_delta1", "lr_backbone", "pred_log_std"):
+        assert column in header, column
+    losses = [float(row.split(",")[header.index("loss")]) for row in log[1:]]
+    assert losses[-1] < losses[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["val"]) == {"delta1", "delta2", "delta3", "abs_rel", "rmse"}
+    assert 0 <= summary["baseline"]["delta1"] <= 1
+    reloaded = keras.saving.load_model(result.model_path, compile=False)
+    assert set(reloaded.output_names) == {"scale1", "scale2"}
+
+
+def test_stage2_starts_from_stage1_and_needs_it(tmp_path):
+    config = tiny_config(tmp_path, "train.steps_per_epoch=2")
+    with pytest.raises(KdepthError, match=r"stage1/model.keras does not exist.*kdepth fit --stage 1"):
+        fit(config, stage=2)
+    first = fit(config, stage=1)
+    second = fit(config, stage=2)
+    m1 = keras.saving.load_model(first.model_path, compile=False)
+    m2 = keras.saving.load_model(second.model_path, compile=False)
+    assert "scale3" in m2.output_names
+    for name in ("block1_conv1", "scale1_dense1", "scale2_conv3", "scale2_head"):
+        for a, b in zip(m1.get_layer(name).get_weights(), m2.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)  # frozen in stage 2
+
+
+def test_overfit_three_images_reaches_a_low_error(tmp_path):
+    config = tiny_config(tmp_path, "train.lr_scale2=3e-3", "train.lr_coarse=3e-4")
+    result = fit(config, overfit=3)
+    assert result.val["delta1"] > 0.9, result.val
