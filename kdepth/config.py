@@ -11,10 +11,11 @@ received, what is allowed and the closest valid key.
 import dataclasses
 import difflib
 import math
-import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import tomllib
 
 from kdepth.errors import ConfigError
 

@@ -47,4 +47,4 @@ def make_group(x, group):
 def undo_group(x, group):
     """Maps each copy of an (..., G, H, W, C) group back to the identity frame."""
     copies = tf.unstack(x, num=len(group), axis=-4)
-    return tf.stack([apply_flip(c, inverse(name)) for c, name in zip(copies, group)], axis=-4)
+    return tf.stack([apply_flip(c, inverse(name)) for c, name in zip(copies, group, strict=True)], axis=-4)

@@ -85,7 +85,7 @@ def test_stage2_freezes_scales_1_and_2(tmp_path):
     for layer in network.layers:
         if not layer.weights:
             continue
-        changed = any(not np.array_equal(a, b) for a, b in zip(before[layer.name], layer.get_weights()))
+        changed = any(not np.array_equal(a, b) for a, b in zip(before[layer.name], layer.get_weights(), strict=True))
         assert changed == layer.name.startswith("scale3"), layer.name
 
 
@@ -150,7 +150,7 @@ def test_stage2_starts_from_stage1_and_needs_it(tmp_path):
     m2 = keras.saving.load_model(second.model_path, compile=False)
     assert "scale3" in m2.output_names
     for name in ("block1_conv1", "scale1_dense1", "scale2_conv3", "scale2_head"):
-        for a, b in zip(m1.get_layer(name).get_weights(), m2.get_layer(name).get_weights()):
+        for a, b in zip(m1.get_layer(name).get_weights(), m2.get_layer(name).get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)  # frozen in stage 2
 
 

@@ -233,7 +233,7 @@ def fit(config, *, stage=None, overfit=0, echo=print):
     """
     stage = stage or config.train.stage
     config = config.replace(train__stage=stage)
-    t, d = config.train, config.data
+    t = config.train
     if overfit:
         # Fit N images exactly: no augmentation or dropout-driven noise, one image per group.
         config = config.replace(
@@ -241,7 +241,7 @@ def fit(config, *, stage=None, overfit=0, echo=print):
             data__flip_group=["identity"], model__dropout=0.0, train__lr_schedule="constant",
             train__warmup_epochs=0, train__batch_size=min(t.batch_size, overfit),
         )
-        t, d = config.train, config.data
+        t = config.train
     out = stage_dir(config, stage)
     if overfit:
         out = out.parent / f"overfit{overfit}"
