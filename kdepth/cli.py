@@ -90,6 +90,12 @@ def data():
 
     SOURCE is `synthetic`, a folder (ROOT/{train,val,test}/{rgb,depth}/), a manifest .txt,
     `tfds` or `tfds:DATA_DIR` (nyu_depth_v2), or an nyu_depth_v2_labeled.mat file.
+
+    \b
+    Example:
+      kdepth data synth --out data/synth --count 200
+      kdepth data check data/synth
+      kdepth data show data/synth --out sheet.png
     """
 
 
@@ -223,7 +229,12 @@ def fit(stage, data_spec, name, backbone_weights, init, overfit, config_path, se
 
 @main.group()
 def config():
-    """Show configurations."""
+    """Show configurations.
+
+    \b
+    Example:
+      kdepth config show --config configs/poster-exp1.toml
+    """
 
 
 @config.command("show")

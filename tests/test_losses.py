@@ -413,3 +413,15 @@ def test_losses_sum_over_two_replicas_equals_single_device_loss():
         np.testing.assert_allclose(r["summed"], r["single"], rtol=1e-5, err_msg=name)
         # Each replica's value is its half-batch mean divided by 2 replicas.
         assert len(r["replicas"]) == 2 and r["replicas"][0] != r["replicas"][1], name
+
+
+def test_masked_mse_root_is_the_per_sample_rmse():
+    rng = np.random.default_rng(7)
+    gt = rng.uniform(0.5, 5.0, (3, 6, 7, 1)).astype("float32")
+    gt[0, :2] = 0.0
+    pred = rng.uniform(0.5, 5.0, (3, 6, 7, 1)).astype("float32")
+    mse = MaskedMSE(space="log", reduction=None)(gt, pred).numpy()
+    rmse = MaskedMSE(space="log", root=True, reduction=None)(gt, pred).numpy()
+    np.testing.assert_allclose(rmse, np.sqrt(mse + 1e-12), rtol=1e-6)
+    restored = MaskedMSE.from_config(MaskedMSE(root=True).get_config())
+    assert restored.root is True

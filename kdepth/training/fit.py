@@ -13,6 +13,7 @@ summary.json with the final metrics beside the mean-depth baseline.
 import dataclasses
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import tensorflow as tf
 from kdepth.config import save_config
 from kdepth.data.pipeline import dataset_from_config
 from kdepth.data.sources import open_source
-from kdepth.errors import KdepthError
+from kdepth.errors import DataError, KdepthError
 from kdepth.metrics import training_metrics
 from kdepth.models.network import build_network, layer_groups, load_backbone_weights
 from kdepth.training import callbacks as cb
@@ -278,6 +279,7 @@ def _fit(config, stage, overfit, out, echo):
         flip_group=d.flip_group,
         mse_weights={"scale1": config.loss.mse_scale1, "scale2": config.loss.mse_scale2, "scale3": config.loss.mse_scale3},
         space=config.loss.space,
+        mse_root=config.loss.mse_root,
         set_weight=config.loss.set_weight,
         silog_weight=config.loss.silog_weight,
         silog_lambda=config.loss.silog_lambda,
@@ -327,19 +329,26 @@ def _fit(config, stage, overfit, out, echo):
     epochs = t.epochs
     if overfit:
         # Until fitted: stop once the N images are predicted within 1.25x almost everywhere.
+        # A pipeline check, not a run to resume: no per-epoch checkpoints or backups.
         epochs, steps = OVERFIT_MAX_EPOCHS, OVERFIT_STEPS
+        callbacks = [c for c in callbacks if not isinstance(c, (keras.callbacks.ModelCheckpoint, keras.callbacks.BackupAndRestore))]
         callbacks.append(cb.StopWhenFitted("val_delta1", OVERFIT_TARGET))
 
-    history = trainer.fit(
-        train_ds,
-        epochs=epochs,
-        steps_per_epoch=steps,
-        validation_data=val_ds,
-        validation_steps=val_steps,
-        callbacks=callbacks,
-        verbose=t.verbose,
-        shuffle=False,  # the pipeline shuffles, seeded
-    )
+    try:
+        history = trainer.fit(
+            train_ds,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            validation_data=val_ds,
+            validation_steps=val_steps,
+            callbacks=callbacks,
+            verbose=t.verbose,
+            shuffle=False,  # the pipeline shuffles, seeded
+        )
+    except tf.errors.OpError as e:
+        raise _data_error(e) or e
+    if getattr(source, "skipped", None):
+        echo(f"skipped {len(source.skipped)} bad samples (data.skip_bad_files=true); each is logged above.")
     model_path = out / "model.keras"
     network.save(model_path)
 
@@ -366,6 +375,18 @@ def _fit(config, stage, overfit, out, echo):
         )
     )
     return result
+
+
+def _data_error(error):
+    """A bad file met inside tf.data surfaces as a TF error; give it back as a DataError."""
+    match = re.search(r"DataError: (.+)", error.message)
+    if not match:
+        return None
+    return DataError(
+        "training data",
+        f"{match.group(1).strip()} (set data.skip_bad_files=true to skip and count bad files; "
+        "`kdepth data check` lists them all)",
+    )
 
 
 def _stage_summary(stage, groups, trainer, network, config, steps, batch_images, n_train, n_val):

@@ -43,6 +43,7 @@ class DepthTrainer(keras.Model):
         flip_group: flip names of the copies in each element.
         mse_weights: {scale name: weight}; scales missing from the network are ignored.
         space: "log" or "linear" for the MSE and set loss.
+        mse_root: use the per-sample root of the MSE (RMSE), the poster's experiment 4.
         set_weight, silog_weight, silog_lambda, grad_weight: the other terms (0 = off).
     """
 
@@ -52,6 +53,7 @@ class DepthTrainer(keras.Model):
         flip_group=("identity",),
         mse_weights=None,
         space="log",
+        mse_root=False,
         set_weight=0.0,
         silog_weight=0.0,
         silog_lambda=0.5,
@@ -69,12 +71,13 @@ class DepthTrainer(keras.Model):
             raise ValueError(f"mse_weights has {sorted(unknown)}; allowed keys: {list(SCALES)}.")
         self.mse_weights = {s: float(weights[s]) for s in built if weights.get(s, 0.0) > 0}
         self.space = space
+        self.mse_root = bool(mse_root)
         self.set_weight = float(set_weight)
         self.silog_weight = float(silog_weight)
         self.silog_lambda = float(silog_lambda)
         self.grad_weight = float(grad_weight)
 
-        self.mse_losses = {s: MaskedMSE(space=space, name=f"mse_{s}") for s in self.mse_weights}
+        self.mse_losses = {s: MaskedMSE(space=space, root=mse_root, name=f"mse_{s}") for s in self.mse_weights}
         self.set_loss = SetLoss(group=list(self.flip_group), space=space, name="set")
         self.silog_loss = ScaleInvariantLoss(lam=silog_lambda, name="silog")
         self.grad_loss = GradientMatchingLoss(name="grad")
@@ -167,6 +170,7 @@ class DepthTrainer(keras.Model):
                 "flip_group": list(self.flip_group),
                 "mse_weights": self.mse_weights,
                 "space": self.space,
+                "mse_root": self.mse_root,
                 "set_weight": self.set_weight,
                 "silog_weight": self.silog_weight,
                 "silog_lambda": self.silog_lambda,
