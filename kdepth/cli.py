@@ -224,6 +224,157 @@ def fit(stage, data_spec, name, backbone_weights, init, overfit, config_path, se
         click.echo("warning: the model does not beat the mean-depth baseline yet; train longer or check the data.")
 
 
+# ------------------------------------------------------------------------------------ evaluate
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, help="A run folder, stage folder or .keras file, a SavedModel folder, or a .tflite file.")
+@click.option("--data", "data_spec", default=None, help="Data source: synthetic, a folder, a manifest .txt, tfds[:DIR], or a .mat file [default: data.source].")
+@click.option("--split", default=None, help="Split to evaluate [default: data.test_split].")
+@click.option("--protocol", type=click.Choice(["eigen", "full"]), default=None, help="eigen: Eigen crop + 1e-3 < gt < 10 m; full: every valid pixel [default: eval.protocol].")
+@click.option("--flip-tta/--no-flip-tta", default=None, help="Average each prediction with that of the left-right flipped image [default: eval.flip_tta].")
+@click.option("--align", type=click.Choice(["none", "median", "scale-shift"]), default=None, help="Align predictions to the ground truth per image, for relative-depth models [default: eval.align].")
+@click.option("--input-range", type=click.Choice(["0-255", "0-1"]), default="0-255", show_default=True, help="Pixel range the model takes (kdepth models: 0-255).")
+@click.option("--output-scale", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True, help="Multiplies the model's raw output to give metres (e.g. 0.001 for millimetres).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="LiteRT threads for a .tflite model [default: LiteRT's choice].")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write every figure with the model, data, split and protocol to this JSON file.")
+@config_options
+@_handle_errors
+def evaluate(model_path, data_spec, split, protocol, flip_tta, align, input_range, output_scale, threads, limit, json_path, config_path, sets):
+    """Measure a depth model the way the field does: per-image metrics averaged over images.
+
+    Prints delta < 1.25^k, AbsRel, SqRel, RMSE, RMSE log, log10 and SILog, and the flip
+    consistency (the set-loss idea at test time). Without --config, a run's own config.toml is
+    used for the data settings. Any .tflite depth model with one image input works, quantized
+    or not; --input-range and --output-scale adapt a foreign model's conventions.
+
+    \b
+    Examples:
+      kdepth evaluate --model runs/quickstart --data synthetic --json eval.json
+      kdepth evaluate --model savedmodels/quickstart/model_int8.tflite --data data/nyu/test.txt --flip-tta
+      kdepth evaluate --model other.tflite --data data/nyu --input-range 0-1 --align median
+    """
+    from pathlib import Path
+
+    from kdepth.data.sources import open_source
+    from kdepth.evaluation import evaluate as run_evaluate
+    from kdepth.inference import load_depth_model, resolve_model_path
+
+    if config_path is None:
+        kind, resolved = resolve_model_path(model_path)
+        run_config = resolved.parent / "config.toml"
+        if kind == "keras" and run_config.is_file():
+            config_path = str(run_config)
+            click.echo(f"config: {run_config} (the run's own; --config overrides it)")
+    config = resolve_config(config_path, sets, data=data_spec)
+    e = config.eval
+    split = split or config.data.test_split
+    protocol = protocol or e.protocol
+    align = align or e.align
+    flip_tta = e.flip_tta if flip_tta is None else flip_tta
+    model = load_depth_model(model_path, input_range=input_range, output_scale=output_scale, threads=threads)
+    click.echo(f"model: {model.path} ({model.info})")
+    source = open_source(config.data, config.model.input_size)
+    total = source.num_samples(split) if limit is None else min(limit, source.num_samples(split))
+    with click.progressbar(length=total, label=f"evaluating {source.name} / {split}", file=sys.stderr) as bar:
+        result = run_evaluate(
+            model, source, split, protocol=protocol, flip_tta=flip_tta, align=align, limit=limit,
+            progress=lambda *_: bar.update(1), min_depth=config.data.min_depth, max_depth=config.data.max_depth,
+        )
+    click.echo(result.format())
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(result.to_json(data=data_spec or source.name))
+        click.echo(f"wrote {json_path}")
+
+
+# ------------------------------------------------------------------------------------- predict
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, help="A run folder, stage folder or .keras file, a SavedModel folder, or a .tflite file.")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the outputs into.")
+@click.option("--npy", is_flag=True, help="Also write NAME.npy: float32 depth in metres.")
+@click.option("--pointcloud", is_flag=True, help="Also write NAME.ply: a coloured point cloud (binary little-endian PLY).")
+@click.option(
+    "--intrinsics",
+    default=None,
+    metavar="FX,FY,CX,CY[@HxW]",
+    help="Camera intrinsics in pixels for --pointcloud, at each image's own size, or at size HxW and scaled to each image [default: NYU's, 640x480, scaled to each image].",
+)
+@click.option("--input-range", type=click.Choice(["0-255", "0-1"]), default="0-255", show_default=True, help="Pixel range the model takes (kdepth models: 0-255).")
+@click.option("--output-scale", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True, help="Multiplies the model's raw output to give metres.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="LiteRT threads for a .tflite model [default: LiteRT's choice].")
+@_handle_errors
+def predict(model_path, inputs, out, npy, pointcloud, intrinsics, input_range, output_scale, threads):
+    """Predict depth for image files and folders (searched recursively for .png/.jpg/.jpeg).
+
+    For each image NAME: NAME_depth.png (16-bit, millimetres, 0 = no depth) and NAME_color.png
+    (viridis, colour bar in metres) at the image's own size; with --npy NAME.npy (metres); with
+    --pointcloud NAME.ply, back-projected as X = (u - cx) Z / fx, Y = (v - cy) Z / fy (pixel
+    centres at integer u, v; x right, y down, z forward). A file that is not a readable image is
+    reported by name, the others are still processed, and the exit code is 1.
+
+    \b
+    Examples:
+      kdepth predict --model runs/quickstart photos/ --out predictions
+      kdepth predict --model savedmodels/quickstart/model_int8.tflite room.jpg --out pred --pointcloud
+      kdepth predict --model runs/quickstart room.jpg --out pred --pointcloud --intrinsics 525,525,319.5,239.5@480x640
+    """
+    from kdepth.predict import parse_intrinsics, predict_paths
+
+    parsed = parse_intrinsics(intrinsics) if intrinsics else None
+    report = predict_paths(
+        model_path, inputs, out, npy=npy, pointcloud=pointcloud, intrinsics=parsed, input_range=input_range,
+        output_scale=output_scale, threads=threads, show_progress=True, echo=click.echo,
+    )
+    click.echo(report.format())
+    sys.exit(0 if report.ok else 1)
+
+
+# -------------------------------------------------------------------------------------- export
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, help="A run folder (its highest stage), a stage folder or a .keras file.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder, e.g. savedmodels/NAME.")
+@click.option(
+    "--quantize",
+    "quantize",
+    multiple=True,
+    type=click.Choice(["none", "fp16", "dynamic", "int8"]),
+    help="TFLite variant to write (repeatable): none = float32, fp16 = float16 weights, dynamic = int8 weights, int8 = full integer [default: export.quantize].",
+)
+@click.option("--data", "data_spec", default=None, help="Data source for int8 calibration (train split) and the parity images (val split) [default: the run's data source].")
+@click.option("--parity-images", type=click.IntRange(min=1), default=8, show_default=True, help="Validation images for the parity check.")
+@config_options
+@_handle_errors
+def export(model_path, out, quantize, data_spec, parity_images, config_path, sets):
+    """Export a trained network as a SavedModel and TFLite files, checked against Keras.
+
+    Writes OUT/saved_model (endpoint `serve`: raw RGB 0-255 in, depth in metres out, batch size
+    free), OUT/model_<q>.tflite per quantization (built-in ops only: plain LiteRT + XNNPACK)
+    and OUT/metadata.json. Then runs every form on validation images and prints its difference
+    to Keras and its delta1; a float form (SavedModel, none, fp16) beyond its tolerance makes
+    the export fail with exit code 1. Without --config/--set the run's own config.toml is used.
+
+    \b
+    Examples:
+      kdepth export --model runs/quickstart --out savedmodels/quickstart
+      kdepth export --model runs/quickstart --out savedmodels/quickstart --quantize none --quantize fp16 --quantize int8
+      kdepth export --model runs/nyu/stage2/model.keras --out savedmodels/nyu --quantize int8 --data tfds
+    """
+    from kdepth.export import export_model
+
+    config = resolve_config(config_path, sets) if (config_path or sets) else None
+    report = export_model(
+        model_path, out, list(quantize) or None, config, data=data_spec, parity_images=parity_images, echo=click.echo
+    )
+    click.echo(f"wrote {report.out_dir}: saved_model/, {', '.join(p.name for p in report.tflite.values()) or 'no .tflite'}, metadata.json")
+
+
 # -------------------------------------------------------------------------------------- config
 
 

@@ -158,3 +158,54 @@ def test_overfit_three_images_reaches_a_low_error(tmp_path):
     config = tiny_config(tmp_path, "train.lr_scale2=3e-3", "train.lr_coarse=3e-4")
     result = fit(config, overfit=3)
     assert result.val["delta1"] > 0.9, result.val
+
+
+def test_collapse_guard_names_the_collapse():
+    network = build_network(input_size=(32, 32), scales=2, coarse_hidden=16)  # zero heads: constant 2 m
+    messages = []
+    guard = cb.CollapseGuard(network, tf.zeros((2, 32, 32, 3)), "scale2", threshold=1e-3, echo=messages.append)
+    logs = {}
+    guard.on_epoch_end(0, logs)
+    assert guard.collapsed_epochs == [1] and logs["pred_log_std"] < 1e-3
+    assert "collapsed to a constant (2 m everywhere" in messages[0] and "learning rates" in messages[0]
+
+
+def test_non_finite_guard_names_the_term():
+    guard = cb.NonFiniteGuard(["mse_scale2", "set"])
+    guard.on_train_batch_end(0, {"loss": 1.0, "mse_scale2": 0.5, "set": 0.1})
+    with pytest.raises(cb.NonFiniteLoss, match=r"'set' became nan at epoch 1, batch 4.*backup is kept"):
+        guard.on_train_batch_end(3, {"loss": float("nan"), "mse_scale2": 0.5, "set": float("nan")})
+
+
+def test_learning_rate_callback_sets_each_group_from_the_epoch():
+    opts = {"backbone": keras.optimizers.Adam(1.0), "scale2": keras.optimizers.Adam(1.0)}
+    callback = cb.EpochLearningRate(opts, {"backbone": 1e-4, "scale2": 1e-3}, steps_per_epoch=10, schedule="step", epochs=4, decay_rate=0.1, decay_epochs=2)
+    callback.on_epoch_begin(2)  # a resumed run starting at epoch 3 gets epoch 3's rate
+    logs = {}
+    callback.on_epoch_end(2, logs)
+    assert logs["lr_backbone"] == pytest.approx(1e-5) and logs["lr_scale2"] == pytest.approx(1e-4)
+
+
+def test_fit_under_mixed_bfloat16_keeps_float32_depth(tmp_path):
+    config = tiny_config(tmp_path, "train.precision=mixed_bfloat16", "train.steps_per_epoch=2")
+    result = fit(config)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    model = keras.saving.load_model(result.model_path, compile=False)
+    out = model(np.zeros((1, 32, 32, 3), "float32"))
+    assert all(v.dtype == "float32" for v in out.values())
+    assert model.get_layer("scale2_conv3").compute_dtype == "bfloat16"
+    assert (result.stage_dir / "tensorboard" / "images").is_dir()
+    assert list((result.stage_dir / "tensorboard" / "images").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_paper_resolution_trains(tmp_path):
+    config = tiny_config(
+        tmp_path, "model.input_size=[232, 310]", "model.coarse_hidden=4200", "train.batch_size=1",
+        "train.steps_per_epoch=2", "data.synthetic_train=2", "data.synthetic_val=1", "train.val_steps=1",
+        "train.tensorboard_images=1",
+    )
+    result = fit(config)
+    assert np.isfinite(result.val["rmse"])
+    model = keras.saving.load_model(result.model_path, compile=False)
+    assert model.get_layer("scale1_dense1").kernel.shape == (7 * 10 * 512, 4200)

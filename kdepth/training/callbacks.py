@@ -100,13 +100,15 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
-        for name in ["loss", *self.terms]:
-            value = logs.get(name)
-            if value is not None and not np.isfinite(float(value)):
-                raise NonFiniteLoss(
-                    f"loss term {name!r} became {float(value)} at epoch {self._epoch + 1}, batch {batch + 1}; "
-                    f"the last good backup is kept. Usual causes: {NON_FINITE_CAUSES}."
-                )
+        # The individual terms first, so the message names the culprit rather than their sum.
+        bad = [(n, float(logs[n])) for n in [*self.terms, "loss"] if n in logs and not np.isfinite(float(logs[n]))]
+        if bad:
+            name, value = bad[0]
+            others = f" (also non-finite: {', '.join(n for n, _ in bad[1:])})" if len(bad) > 1 else ""
+            raise NonFiniteLoss(
+                f"loss term {name!r} became {value} at epoch {self._epoch + 1}, batch {batch + 1}{others}; "
+                f"the last good backup is kept. Usual causes: {NON_FINITE_CAUSES}."
+            )
 
 
 class StopWhenFitted(keras.callbacks.Callback):

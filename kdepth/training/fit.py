@@ -346,7 +346,10 @@ def _fit(config, stage, overfit, out, echo):
             shuffle=False,  # the pipeline shuffles, seeded
         )
     except tf.errors.OpError as e:
-        raise _data_error(e) or e
+        data_error = _data_error(e)
+        if data_error is None:
+            raise
+        raise data_error from e
     if getattr(source, "skipped", None):
         echo(f"skipped {len(source.skipped)} bad samples (data.skip_bad_files=true); each is logged above.")
     model_path = out / "model.keras"

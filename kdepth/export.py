@@ -1,0 +1,662 @@
+"""`kdepth export`: a trained network as a SavedModel and TFLite files, checked against Keras.
+
+Layout written into OUT (see savedmodels/README.md):
+
+    OUT/saved_model/          TF SavedModel, endpoint `serve` (also `serving_default`)
+    OUT/model_<q>.tflite      one per quantization q in none | fp16 | dynamic | int8
+    OUT/metadata.json         input/output contract, intrinsics, training run, evaluation,
+                              file sizes, TFLite tensor types and the parity results
+
+What is exported is the *deploy* model (`build_deploy_model`): input "image" float32
+(B, H, W, 3) raw RGB 0-255 with a free batch dimension, output "depth" float32 (B, H, W, 1) in
+metres, the finest scale the network built resized bilinearly to the input size.
+
+Decisions:
+
+- The network is always rebuilt in float32 from its own config (every layer's dtype policy set
+  to float32) and the weights are copied by layer name: TFLite cannot convert a mixed-precision
+  graph, and variables are float32 under Keras mixed precision anyway, so nothing is lost.
+- TFLite files come from `tf.lite.TFLiteConverter.from_saved_model` on OUT/saved_model (never
+  `from_keras_model`, which does not work with Keras 3), with built-in ops only (no Flex/SELECT_TF
+  ops), so every file runs on plain LiteRT with XNNPACK.
+- int8 is full-integer: uint8 input (the raw RGB bytes; the representative dataset contains an
+  all-0 and an all-255 image so the input scale is exactly 1 and the zero point 0) and int8
+  output (TFLite's native type, no extra requantize op; dequantize with the output's scale and
+  zero point, which metadata.json records). Depth beyond the calibration range saturates.
+- Parity (`check_parity`): the SavedModel and every .tflite are run through
+  `kdepth.inference.load_depth_model` on validation images and compared with the float32 Keras
+  deploy model. A float form fails the export when any pixel has
+  |form - keras| > rtol * max(keras, 1 m) (relative above 1 m, rtol metres below), with rtol in
+  `PARITY_RTOL`; dynamic and int8 are reported, not gated, but every form must give finite depth.
+"""
+
+import dataclasses
+import datetime
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kdepth.errors import KdepthError
+
+QUANTIZATIONS = ("none", "fp16", "dynamic", "int8")
+# Per-pixel gate |form - keras| <= rtol * max(keras depth, 1 m), for the float forms only.
+# SavedModel runs the same TF kernels as Keras (measured ~1e-6); TFLite float32 uses other
+# kernels (XNNPACK, measured ~1e-6); fp16 rounds the weights to 11 significant bits (~5e-4).
+PARITY_RTOL = {"saved_model": 1e-4, "none": 1e-3, "fp16": 1e-2}
+PARITY_IMAGES = 8  # validation images the parity check runs
+PARITY_FLOOR_M = 1.0  # below 1 m the tolerance is absolute (rtol metres)
+INT8_INPUT_TYPE = "uint8"  # raw RGB bytes, scale 1, zero point 0
+INT8_OUTPUT_TYPE = "int8"
+INPUT_RANGE = "0-255 RGB"
+METADATA_FORMAT = "kdepth-export/1"
+
+
+# ------------------------------------------------------------------------------ model loading
+
+
+@dataclasses.dataclass
+class ModelSource:
+    """Where a network comes from: the .keras file and, for a run, its stage directory."""
+
+    keras_path: Path
+    stage_dir: Path | None
+
+    @property
+    def config_path(self):
+        if self.stage_dir is not None and (self.stage_dir / "config.toml").is_file():
+            return self.stage_dir / "config.toml"
+        return None
+
+
+def _stage_number(path):
+    suffix = path.name[len("stage"):]
+    return int(suffix) if path.name.startswith("stage") and suffix.isdigit() else None
+
+
+def resolve_model_source(path):
+    """Finds the .keras network behind `path`.
+
+    Args:
+        path: a `.keras` file, a stage directory (holding model.keras) or a run directory (the
+            highest stageN/ holding a model.keras is taken).
+
+    Raises:
+        KdepthError: nothing there, or something that is not a Keras network of kdepth.
+    """
+    path = Path(path)
+    hint = "pass a run directory (runs/NAME), a stage directory (runs/NAME/stageN) or a .keras file"
+    if not path.exists():
+        raise KdepthError(f"--model {path}: does not exist; {hint}.")
+    if path.is_dir():
+        if (path / "model.keras").is_file():
+            return ModelSource(path / "model.keras", path)
+        stages = sorted(
+            (n, p) for p in path.iterdir() if p.is_dir() and (n := _stage_number(p)) is not None and (p / "model.keras").is_file()
+        )
+        if stages:
+            stage_dir = stages[-1][1]
+            return ModelSource(stage_dir / "model.keras", stage_dir)
+        if (path / "saved_model.pb").is_file():
+            raise KdepthError(f"--model {path}: is a SavedModel; export needs the trained Keras network: {hint}.")
+        raise KdepthError(f"--model {path}: no model.keras in it nor in a stageN/ sub-folder; {hint}.")
+    if path.suffix.lower() != ".keras":
+        raise KdepthError(f"--model {path}: a {path.suffix or 'suffix-less'} file cannot be exported; {hint}.")
+    parent = path.parent
+    return ModelSource(path, parent if (parent / "config.toml").is_file() else None)
+
+
+_MIXED = ("mixed_bfloat16", "mixed_float16")
+
+
+def _float32_config(value, found):
+    """A copy of a (nested) Keras config with every mixed dtype policy replaced by float32."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "DTypePolicy" and isinstance(value.get("config"), dict):
+            name = value["config"].get("name")
+            if name in _MIXED:
+                found.add(name)
+                return {**value, "config": {**value["config"], "name": "float32"}}
+        return {k: _float32_config(v, found) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_float32_config(v, found) for v in value]
+    if isinstance(value, str) and value in _MIXED:
+        found.add(value)
+        return "float32"
+    return value
+
+
+def float32_network(network):
+    """Rebuilds a kdepth network with every layer in float32 and copies its weights by name.
+
+    Returns:
+        (network32, policies): the float32 model and the sorted list of mixed policies that were
+        replaced (empty if the network already was float32).
+    """
+    from kdepth.training.fit import transfer_weights
+
+    found = set()
+    config = _float32_config(network.get_config(), found)
+    import kdepth.models.network  # noqa: F401  (registers the custom layers)
+
+    rebuilt = keras.Model.from_config(config)
+    copied, total = transfer_weights(network, rebuilt)
+    if copied != total:
+        raise KdepthError(
+            f"rebuilding {network.name!r} in float32 copied {copied} of {total} weighted layers; the rebuilt "
+            "model's layer names differ from the saved ones. Re-save the model with this kdepth version."
+        )
+    return rebuilt, sorted(found)
+
+
+def _check_kdepth_network(network, path):
+    names = {layer.name for layer in network.layers}
+    if "image" not in names or "scale1" not in names:
+        raise KdepthError(
+            f"{path}: is a Keras model but not a kdepth network (it needs an input layer 'image' and depth outputs "
+            f"'scale1'...'scale3'; found outputs {list(getattr(network, 'output_names', []))}). Export a model written by `kdepth fit`."
+        )
+
+
+def finest_scale(network):
+    """Name of the finest depth output the network built: scale3, scale2 or scale1."""
+    names = {layer.name for layer in network.layers}
+    for name in ("scale3", "scale2", "scale1"):
+        if name in names:
+            return name
+    raise KdepthError(f"model {network.name!r} has no depth output scale1, scale2 or scale3; it is not a kdepth network.")
+
+
+def network_input_size(network):
+    """(H, W) of the network's "image" input."""
+    shape = network.get_layer("image").output.shape
+    return int(shape[1]), int(shape[2])
+
+
+def build_deploy_model(network):
+    """The single-output model that is exported.
+
+    Args:
+        network: a kdepth network (`build_network` or a loaded .keras), float32.
+
+    Returns:
+        A `keras.Model` named "deploy": input "image" float32 (B, H, W, 3) raw RGB 0-255, output
+        float32 (B, H, W, 1) depth in metres from a layer named "depth": the finest built scale
+        resized bilinearly (half-pixel centres, as `tf.image.resize`) to the input size.
+    """
+    h, w = network_input_size(network)
+    finest = network.get_layer(finest_scale(network)).output
+    depth = keras.layers.Resizing(h, w, interpolation="bilinear", dtype="float32", name="depth")(finest)
+    return keras.Model(inputs=network.get_layer("image").output, outputs=depth, name="deploy")
+
+
+# --------------------------------------------------------------------------------- conversion
+
+
+def check_quantize(values):
+    """Validates and de-duplicates a list of quantizations (order kept)."""
+    out = []
+    for q in values:
+        if q not in QUANTIZATIONS:
+            raise KdepthError(
+                f"quantization {q!r} is unknown; allowed: {list(QUANTIZATIONS)} (--quantize, repeatable, or export.quantize)."
+            )
+        if q not in out:
+            out.append(q)
+    return out
+
+
+def convert_tflite(saved_model_dir, quantize, representative=None):
+    """Converts the SavedModel to TFLite bytes with built-in ops only.
+
+    Args:
+        saved_model_dir: OUT/saved_model.
+        quantize: "none" (float32), "fp16" (float16 weights), "dynamic" (dynamic-range int8
+            weights) or "int8" (full integer, uint8 input, int8 output).
+        representative: for int8, a callable yielding [float32 (1, H, W, 3)] raw RGB batches.
+    """
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantize == "int8":
+        if representative is None:
+            raise KdepthError("int8 quantization needs a representative dataset of training images.")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = getattr(tf, INT8_INPUT_TYPE)
+        converter.inference_output_type = getattr(tf, INT8_OUTPUT_TYPE)
+    elif quantize != "none":
+        check_quantize([quantize])
+    try:
+        return converter.convert()
+    except Exception as e:  # the converter raises ConverterError and friends with long logs
+        raise KdepthError(
+            f"TFLite conversion ({quantize}) of {saved_model_dir} failed: {type(e).__name__}: {str(e)[:2000]}"
+        ) from e
+
+
+def tflite_details(path):
+    """Input/output tensor types and quantization parameters and the op list of a .tflite file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+
+    def tensor(d):
+        scale, zero_point = d["quantization"]
+        return {
+            "name": d["name"],
+            "shape": [None if s < 0 else int(s) for s in d["shape_signature"]],
+            "dtype": np.dtype(d["dtype"]).name,
+            "scale": float(scale),
+            "zero_point": int(zero_point),
+        }
+
+    details = {
+        "inputs": [tensor(d) for d in interpreter.get_input_details()],
+        "outputs": [tensor(d) for d in interpreter.get_output_details()],
+    }
+    ops_details = getattr(interpreter, "_get_ops_details", None)  # not public API: best effort
+    if ops_details is not None:
+        details["ops"] = sorted({op["op_name"] for op in ops_details()} - {"DELEGATE"})
+    return details
+
+
+def _dir_size(path):
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def format_size(n):
+    """Bytes as a short human-readable size (KiB, MiB)."""
+    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n} B"
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+def _resize_rgb(rgb, size):
+    """float32 raw RGB at `size`, resized as `DepthModel.predict_image` does (bilinear, antialiased)."""
+    from kdepth.inference import resize_image
+
+    return resize_image(rgb, size).astype(np.float32)
+
+
+def _pick(n_available, n):
+    """n indices spread evenly over a split (consecutive frames of real data look alike)."""
+    n = min(n, n_available)
+    return sorted(set(np.linspace(0, n_available - 1, n).round().astype(int).tolist()))
+
+
+def _split_with_data(source, splits):
+    for split in splits:
+        if split in source.splits():
+            return split
+    raise KdepthError(f"data source {source.name!r} has none of the splits {list(splits)}; it has {source.splits()}.")
+
+
+def load_images(source, split, count, input_size):
+    """(images float32 (N, H, W, 3) raw RGB at input_size, [depth (h, w) metres], names)."""
+    n_available = source.num_samples(split)
+    images, depths = [], []
+    for i in _pick(n_available, count):
+        rgb, depth = source.load(split, i)
+        images.append(_resize_rgb(rgb, input_size))
+        depths.append(depth)
+    return np.stack(images), depths
+
+
+def representative_dataset(source, split, count, input_size):
+    """The int8 calibration generator: an all-0 and an all-255 image, then `count` training images.
+
+    The two constant images pin the input range to exactly 0-255, so the uint8 input has scale 1
+    and zero point 0 and takes camera bytes unchanged.
+    """
+    h, w = input_size
+    indices = _pick(source.num_samples(split), count)
+
+    def generator():
+        yield [np.zeros((1, h, w, 3), np.float32)]
+        yield [np.full((1, h, w, 3), 255.0, np.float32)]
+        for i in indices:
+            rgb, _ = source.load(split, i)
+            yield [_resize_rgb(rgb, input_size)[None]]
+
+    return generator, len(indices)
+
+
+def delta1(pred, depths):
+    """delta < 1.25 per image on valid ground-truth pixels, averaged over images.
+
+    `pred` (N, H, W) is resized bilinearly to each ground truth's size first; a non-positive or
+    non-finite prediction counts as wrong.
+    """
+    from kdepth.inference import resize_depth
+
+    values = []
+    for p, gt in zip(pred, depths, strict=True):
+        p = resize_depth(p, gt.shape)
+        valid = np.isfinite(gt) & (gt > 0)
+        if not valid.any():
+            continue
+        p, g = p[valid].astype(np.float64), gt[valid].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where((p > 0) & np.isfinite(p), np.maximum(p / g, g / p), np.inf)
+        values.append(float(np.mean(ratio < 1.25)))
+    return float(np.mean(values)) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------- parity
+
+
+@dataclasses.dataclass
+class ParityRow:
+    """One exported form compared with the float32 Keras deploy model."""
+
+    form: str  # "keras", "saved_model" or "tflite <q>"
+    path: Path | None
+    size_bytes: int
+    max_abs: float  # metres
+    mean_abs: float  # metres
+    max_rel: float  # max |diff| / max(keras, 1 m)
+    delta1: float
+    tolerance: float | None  # rtol when gated
+    finite: bool
+
+    @property
+    def ok(self):
+        if not self.finite:
+            return False
+        return self.tolerance is None or self.max_rel <= self.tolerance
+
+    def to_dict(self):
+        return {
+            "form": self.form,
+            "file": self.path.name if self.path else None,
+            "size_bytes": self.size_bytes,
+            "max_abs_diff_m": self.max_abs,
+            "mean_abs_diff_m": self.mean_abs,
+            "max_rel_diff": self.max_rel,
+            "delta1": self.delta1,
+            "tolerance_rel": self.tolerance,
+            "finite": self.finite,
+            "ok": self.ok,
+        }
+
+
+def _quantization_of(form):
+    return "saved_model" if form == "saved_model" else form.split(" ", 1)[1]
+
+
+def check_parity(deploy, artifacts, images, depths, *, echo=print):
+    """Runs each exported form on `images` and compares it with the Keras deploy model.
+
+    Args:
+        deploy: the float32 Keras deploy model (`build_deploy_model`).
+        artifacts: {form: path}, form "saved_model" or "tflite <q>" with q in QUANTIZATIONS.
+        images: float32 (N, H, W, 3) raw RGB 0-255 at the model's input size.
+        depths: N ground-truth depth maps in metres (0 = hole), any size, for delta1.
+
+    Returns:
+        [ParityRow], the Keras row first. Nothing is raised here; see `parity_failures`.
+    """
+    from kdepth import inference
+
+    reference = np.asarray(deploy.predict_on_batch(images))[..., 0].astype(np.float64)
+    rows = [ParityRow("keras", None, 0, 0.0, 0.0, 0.0, delta1(reference, depths), None, bool(np.isfinite(reference).all()))]
+    scale = np.maximum(reference, PARITY_FLOOR_M)
+    for form, path in artifacts.items():
+        model = inference.load_depth_model(str(path))
+        pred = np.asarray(model.predict(images), dtype=np.float64)
+        if pred.shape != reference.shape:
+            raise KdepthError(f"{path}: predicted shape {pred.shape} but Keras gives {reference.shape}; the export is broken.")
+        finite = bool(np.isfinite(pred).all())
+        diff = np.abs(np.where(np.isfinite(pred), pred, np.inf) - reference)
+        row = ParityRow(
+            form=form,
+            path=Path(path),
+            size_bytes=_dir_size(path),
+            max_abs=float(diff.max()),
+            mean_abs=float(diff.mean()),
+            max_rel=float((diff / scale).max()),
+            delta1=delta1(pred, depths),
+            tolerance=PARITY_RTOL.get(_quantization_of(form)),
+            finite=finite,
+        )
+        rows.append(row)
+        echo(f"  {form}: max |diff| {row.max_abs:.3g} m, mean {row.mean_abs:.3g} m, delta1 {row.delta1:.3f}")
+    return rows
+
+
+def parity_failures(rows):
+    """Sentences describing each row that fails its gate (empty list = all good)."""
+    problems = []
+    for row in rows:
+        if row.ok:
+            continue
+        if not row.finite:
+            problems.append(f"{row.form} ({row.path}) produced NaN or infinite depth")
+        else:
+            problems.append(
+                f"{row.form} ({row.path}) differs from Keras by up to {row.max_abs:.3g} m = {row.max_rel:.3g} relative; "
+                f"tolerance {row.tolerance:g} (|diff| <= {row.tolerance:g} x max(depth, {PARITY_FLOOR_M:g} m))"
+            )
+    return problems
+
+
+def format_parity(rows):
+    """The parity table: form, file size, max |diff|, mean |diff|, delta1, tolerance, result."""
+    header = f"{'form':<16}{'size':>11}{'max |diff| m':>14}{'mean |diff| m':>15}{'delta1':>8}{'tolerance':>11}  result"
+    lines = [header]
+    for r in rows:
+        if r.form == "keras":
+            lines.append(f"{'keras (float32)':<16}{'-':>11}{'-':>14}{'-':>15}{r.delta1:8.3f}{'-':>11}  reference")
+            continue
+        tol = f"{r.tolerance:g}" if r.tolerance is not None else "report"
+        result = "ok" if r.ok else ("NOT FINITE" if not r.finite else "FAIL")
+        lines.append(
+            f"{r.form:<16}{format_size(r.size_bytes):>11}{r.max_abs:14.3g}{r.mean_abs:15.3g}{r.delta1:8.3f}{tol:>11}  {result}"
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------- export
+
+
+@dataclasses.dataclass
+class ExportReport:
+    """What `export_model` wrote and measured."""
+
+    out_dir: Path
+    saved_model: Path
+    tflite: dict  # quantization -> Path
+    metadata_path: Path
+    metadata: dict
+    rows: list  # [ParityRow]
+
+    @property
+    def ok(self):
+        return not parity_failures(self.rows)
+
+    def format(self):
+        return format_parity(self.rows)
+
+
+def _run_info(source, config):
+    info = {"model_file": str(source.keras_path), "config_file": str(source.config_path) if source.config_path else None}
+    if config is not None and source.config_path is not None:
+        info.update(name=config.train.name, stage=config.train.stage)
+    else:
+        info.update(name=None, stage=None)
+    summary_path = source.stage_dir / "summary.json" if source.stage_dir is not None else None
+    evaluation = None
+    if summary_path is not None and summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+            evaluation = {
+                "source": str(summary_path),
+                "split": config.data.val_split if config is not None else "val",
+                "data": {"source": config.data.source, "root": config.data.root} if config is not None else None,
+                "protocol": "fit's final validation: all valid pixels pooled, at the training target size",
+                "val": summary.get("val"),
+                "baseline": summary.get("baseline"),
+                "mean_depth": summary.get("mean_depth"),
+            }
+        except (OSError, ValueError):
+            evaluation = None
+    return info, evaluation
+
+
+def _clear_outputs(out_dir):
+    """Removes the files a previous export wrote into out_dir (and nothing else)."""
+    if (out_dir / "saved_model").is_dir():
+        shutil.rmtree(out_dir / "saved_model")
+    for p in out_dir.glob("model_*.tflite"):
+        p.unlink()
+    if (out_dir / "metadata.json").is_file():
+        (out_dir / "metadata.json").unlink()
+
+
+def export_model(model_path, out_dir, quantize=None, config=None, *, data=None, parity_images=PARITY_IMAGES, echo=print):
+    """Exports a trained network and checks every exported form against Keras.
+
+    Args:
+        model_path: a run directory, a stage directory or a .keras file (`resolve_model_source`).
+        out_dir: output folder (created; files of an earlier export there are replaced).
+        quantize: TFLite variants among QUANTIZATIONS; None = config.export.quantize. An empty
+            list writes only the SavedModel.
+        config: a resolved Config to use instead of the run's config.toml (the CLI passes one
+            only when --config or --set is given); defaults() for a bare .keras file.
+        data: a data source spec (as `kdepth fit --data`) for int8 calibration and the parity
+            images; default the config's data source.
+        parity_images: validation images for the parity check.
+        echo: where progress messages and the parity table go.
+
+    Returns:
+        An `ExportReport`.
+
+    Raises:
+        KdepthError: bad model path or file, conversion failure, or a float form (SavedModel,
+            TFLite none or fp16) beyond its tolerance / any form with non-finite output. The
+            artifacts and metadata.json (with the failed parity) are left for inspection.
+    """
+    import tensorflow as tf
+
+    from kdepth.config import defaults, load_config
+    from kdepth.data.sources import open_source, parse_data_spec
+    from kdepth.data.synthetic import scaled_intrinsics
+    from kdepth.training.fit import load_model_file
+
+    source = resolve_model_source(model_path)
+    run_config = load_config([source.config_path]) if source.config_path else None
+    if config is None:
+        config = run_config if run_config is not None else defaults()
+    if data:
+        kind, root = parse_data_spec(data)
+        config = config.replace(data__source=kind, data__root=root)
+    quantize = check_quantize(config.export.quantize if quantize is None else list(quantize))
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise KdepthError(f"--out {out_dir}: is a file; pass a folder such as savedmodels/NAME.")
+
+    echo(f"loading {source.keras_path}")
+    loaded = load_model_file(source.keras_path)
+    _check_kdepth_network(loaded, source.keras_path)
+    network, mixed = float32_network(loaded)
+    if mixed:
+        echo(f"rebuilt the network in float32 (it was saved under {', '.join(mixed)}) and copied the weights by layer name")
+    deploy = build_deploy_model(network)
+    input_size = network_input_size(network)
+    finest = finest_scale(network)
+    config = config.replace(model__input_size=list(input_size))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clear_outputs(out_dir)
+    saved_model_dir = out_dir / "saved_model"
+    echo(f"writing {saved_model_dir}")
+    deploy.export(str(saved_model_dir), format="tf_saved_model", verbose=False)
+
+    data_source = open_source(config.data, config.model.input_size)
+    tflite_paths, calibration = {}, None
+    for q in quantize:
+        representative = None
+        if q == "int8":
+            train_split = _split_with_data(data_source, [config.data.train_split])
+            representative, n_cal = representative_dataset(
+                data_source, train_split, config.export.representative_samples, input_size
+            )
+            calibration = {"data": data_source.name, "split": train_split, "images": n_cal, "plus": "one all-0 and one all-255 image"}
+            echo(f"int8: calibrating on {n_cal} {train_split} images of {data_source.name} (+ an all-0 and an all-255 image)")
+        path = out_dir / f"model_{q}.tflite"
+        echo(f"writing {path}")
+        path.write_bytes(convert_tflite(saved_model_dir, q, representative))
+        tflite_paths[q] = path
+
+    split = _split_with_data(data_source, [config.data.val_split, config.data.test_split, config.data.train_split])
+    images, depths = load_images(data_source, split, parity_images, input_size)
+    echo(f"parity check on {len(images)} {split} images of {data_source.name}:")
+    artifacts = {"saved_model": saved_model_dir, **{f"tflite {q}": p for q, p in tflite_paths.items()}}
+    rows = check_parity(deploy, artifacts, images, depths, echo=echo)
+
+    run_info, evaluation = _run_info(source, run_config)
+    fx, fy, cx, cy = scaled_intrinsics(input_size)
+    h, w = input_size
+    files = {"saved_model": _dir_size(saved_model_dir), **{p.name: p.stat().st_size for p in tflite_paths.values()}}
+    metadata = {
+        "format": METADATA_FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "input": {"name": "image", "shape": [None, h, w, 3], "dtype": "float32", "size": [h, w], "range": INPUT_RANGE},
+        "output": {
+            "name": "depth",
+            "shape": [None, h, w, 1],
+            "dtype": "float32",
+            "units": "metres",
+            "from": f"{finest} resized bilinearly to the input size",
+        },
+        "depth_units": "metres",
+        "intrinsics": {
+            "fx": fx, "fy": fy, "cx": cx, "cy": cy, "size": [h, w],
+            "note": "NYU Kinect RGB intrinsics (640x480) scaled to the input size; pixel centres at integer u, v",
+        },
+        "training": {**run_info, "precision_rebuilt_from": mixed or None},
+        "evaluation": evaluation,
+        "files": files,
+        "tflite": {
+            p.name: {"quantization": q, **tflite_details(p), **({"calibration": calibration} if q == "int8" else {})}
+            for q, p in tflite_paths.items()
+        },
+        "parity": {
+            "data": data_source.name,
+            "split": split,
+            "images": len(images),
+            "rule": f"gated forms: every pixel |form - keras| <= tolerance_rel x max(keras depth, {PARITY_FLOOR_M:g} m)",
+            "tolerances_rel": {k: PARITY_RTOL[k] for k in PARITY_RTOL},
+            "rows": [r.to_dict() for r in rows],
+        },
+    }
+    metadata_path = out_dir / "metadata.json"
+    metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    report = ExportReport(out_dir, saved_model_dir, tflite_paths, metadata_path, metadata, rows)
+    echo(report.format())
+    problems = parity_failures(rows)
+    if problems:
+        raise KdepthError(
+            "parity check failed: " + "; ".join(problems) + f". Do not use the files in {out_dir}; they and "
+            "metadata.json are kept for inspection. A float form beyond tolerance means the conversion changed the "
+            "model: check the TensorFlow/LiteRT versions."
+        )
+    return report

@@ -1,0 +1,370 @@
+"""`kdepth predict`: depth maps, colour pictures and 3D point clouds for image files.
+
+For each input image NAME (written into OUT, keeping the sub-folders of an input folder):
+
+    NAME_depth.png   16-bit PNG, depth in millimetres (0 = no depth), the input image's size
+    NAME_color.png   viridis depth picture (near = dark) with a colour bar in metres below it
+    NAME.npy         (--npy) float32 depth in metres, the input image's size
+    NAME.ply         (--pointcloud) coloured point cloud, binary little-endian PLY
+
+Point clouds: the pinhole back-projection X = (u - cx) Z / fx, Y = (v - cy) Z / fy, Z = depth,
+with pixel centres at integer (u, v) (u = column, v = row), in the camera frame x right, y down,
+z forward (OpenCV's). Pixels with non-finite or non-positive depth are skipped. Intrinsics are
+NYU's Kinect RGB ones (given at 640x480) scaled to each image's size by default; intrinsics
+given by the user (`--intrinsics fx,fy,cx,cy`) are taken at the image's own size, or, written
+as ``fx,fy,cx,cy@HxW``, at size HxW and scaled to each image like NYU's.
+
+Images are read as 8-bit RGB; greyscale, palette and RGBA images are converted (alpha dropped).
+Every image is resized to the model's input size (bilinear, antialiased) and its depth resized
+back to the image's size (bilinear); for an image more than `HUGE_FACTOR` times the input size
+in a side a line says so, since the depth then has far less detail than the picture. A file that
+cannot be read is reported by name and the others are still processed.
+"""
+
+import dataclasses
+import os
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from kdepth.errors import DataError, KdepthError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+HUGE_FACTOR = 4  # an image more than 4x the model's input size (either side) is shrunk first
+DEPTH_SCALE = 1000.0  # PNG units per metre: millimetres
+MIN_COLOR_WIDTH = 240  # colour pictures are padded to this width so the bar's labels fit
+
+
+@dataclasses.dataclass
+class PredictReport:
+    """What `predict_paths` did: written files per image, failures with their reasons, notes."""
+
+    out_dir: Path
+    written: dict = dataclasses.field(default_factory=dict)  # input path -> [output paths]
+    failed: list = dataclasses.field(default_factory=list)  # [(path, reason)]
+    notes: list = dataclasses.field(default_factory=list)  # [(path, message)]
+
+    @property
+    def ok(self):
+        return not self.failed
+
+    @property
+    def n_ok(self):
+        return len(self.written)
+
+    @property
+    def n_failed(self):
+        return len(self.failed)
+
+    def format(self):
+        lines = [f"predicted {self.n_ok} image(s) into {self.out_dir}"]
+        if self.failed:
+            lines.append(f"{self.n_failed} image(s) failed:")
+            lines.extend(f"  {path}: {reason}" for path, reason in self.failed)
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- geometry, files
+
+
+def parse_intrinsics(text):
+    """Parses ``fx,fy,cx,cy`` or ``fx,fy,cx,cy@HxW`` (pixels; HxW the size they hold at).
+
+    Returns:
+        ((fx, fy, cx, cy), (H, W) or None).
+    """
+    body, _, size_text = str(text).partition("@")
+    how = "expected fx,fy,cx,cy in pixels (e.g. 518.86,519.47,325.58,253.74) optionally followed by @HxW (e.g. @480x640)"
+    try:
+        values = tuple(float(v) for v in body.split(","))
+    except ValueError:
+        raise KdepthError(f"--intrinsics {text!r}: not numbers; {how}.") from None
+    if len(values) != 4 or not all(np.isfinite(values)) or values[0] <= 0 or values[1] <= 0:
+        raise KdepthError(f"--intrinsics {text!r}: needs 4 finite numbers with fx, fy > 0; {how}.")
+    size = None
+    if size_text:
+        try:
+            size = tuple(int(v) for v in size_text.lower().split("x"))
+        except ValueError:
+            size = ()
+        if len(size) != 2 or min(size) < 1:
+            raise KdepthError(f"--intrinsics {text!r}: bad size {size_text!r}; {how}.")
+    return values, size
+
+
+def intrinsics_for(size, intrinsics=None):
+    """(fx, fy, cx, cy) for an image of size (H, W).
+
+    Args:
+        size: (H, W) of the image (and depth map).
+        intrinsics: None (NYU's, scaled from 640x480), (fx, fy, cx, cy) at the image's own size,
+            or ((fx, fy, cx, cy), (H0, W0)) given at size (H0, W0) and scaled to `size`.
+    """
+    from kdepth.data.synthetic import scaled_intrinsics
+
+    if intrinsics is None:
+        return scaled_intrinsics(tuple(int(s) for s in size))
+    if len(intrinsics) == 2:
+        values, at = intrinsics
+        if at is None:
+            return tuple(float(v) for v in values)
+        fx, fy, cx, cy = values
+        sx, sy = size[1] / at[1], size[0] / at[0]
+        return (fx * sx, fy * sy, cx * sx, cy * sy)
+    return tuple(float(v) for v in intrinsics)
+
+
+def backproject(depth, intrinsics):
+    """Back-projects a depth map to camera coordinates.
+
+    Args:
+        depth: (H, W) metres; non-finite or <= 0 pixels are skipped.
+        intrinsics: (fx, fy, cx, cy) at the depth map's size.
+
+    Returns:
+        (points float32 (N, 3) as X, Y, Z, mask bool (H, W) of the pixels kept, row-major order).
+    """
+    fx, fy, cx, cy = intrinsics
+    depth = np.asarray(depth, dtype=np.float64)
+    mask = np.isfinite(depth) & (depth > 0)
+    v, u = np.nonzero(mask)
+    z = depth[v, u]
+    points = np.stack([(u - cx) * z / fx, (v - cy) * z / fy, z], axis=1).astype(np.float32)
+    return points, mask
+
+
+def write_ply(path, points, colors):
+    """Writes a binary little-endian PLY: x y z float, red green blue uchar per vertex."""
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    colors = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
+    if len(points) != len(colors):
+        raise ValueError(f"write_ply: {len(points)} points but {len(colors)} colours; pass one colour per point.")
+    vertex = np.empty(
+        len(points), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    )
+    vertex["x"], vertex["y"], vertex["z"] = points.T
+    vertex["red"], vertex["green"], vertex["blue"] = colors.T
+    header = (
+        "ply\nformat binary_little_endian 1.0\ncomment kdepth predict: camera frame x right, y down, z forward, metres\n"
+        f"element vertex {len(points)}\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+    )
+    with open(path, "wb") as f:
+        f.write(header.encode("ascii"))
+        f.write(vertex.tobytes())
+
+
+def color_picture(depth):
+    """Viridis picture of a depth map with a colour bar in metres underneath (uint8 RGB).
+
+    The picture keeps the depth map's size at the top left; the canvas is at least
+    `MIN_COLOR_WIDTH` wide so the bar's labels fit.
+    """
+    from kdepth.visualize import BACKGROUND, colorbar, colorize_depth, depth_range
+
+    vmin, vmax = depth_range([depth])
+    picture = colorize_depth(depth, vmin, vmax)
+    h, w = picture.shape[:2]
+    width = max(w, MIN_COLOR_WIDTH)
+    bar = colorbar(vmin, vmax, width)
+    canvas = np.empty((h + 4 + bar.shape[0], width, 3), np.uint8)
+    canvas[:] = np.asarray(BACKGROUND, np.uint8)
+    canvas[:h, :w] = picture
+    canvas[h + 4:] = bar
+    return canvas
+
+
+# ---------------------------------------------------------------------------------- inputs
+
+
+def collect_images(inputs):
+    """Expands files and folders into [(path, relative output stem)], plus [(path, reason)] problems.
+
+    Folders are searched recursively for .png/.jpg/.jpeg (any case), sorted; their sub-folders are
+    kept in the output stem. A file given by name is taken whatever its extension. Two inputs
+    that would write the same NAME get the extension appended (x.png -> x_png).
+    """
+    found, problems = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+            if not files:
+                problems.append((str(path), f"folder holds no {'/'.join(IMAGE_EXTS)} image"))
+            found.extend((p, p.relative_to(path).with_suffix("")) for p in files)
+        elif path.is_file():
+            found.append((path, Path(path.stem)))
+        else:
+            problems.append((str(path), "does not exist"))
+    stems, seen, out = {}, set(), []
+    for path, stem in found:
+        stems.setdefault(stem, []).append(path)
+    for path, stem in found:
+        if (path.resolve(), stem) in seen:
+            continue  # the same file given twice
+        seen.add((path.resolve(), stem))
+        if len({p.resolve() for p in stems[stem]}) > 1:
+            stem = stem.with_name(f"{stem.name}_{path.suffix.lstrip('.').lower() or 'noext'}")
+        out.append((path, stem))
+    return out, problems
+
+
+def _read_image(path):
+    """uint8 (H, W, 3) RGB and the original PIL mode; DataError naming the file otherwise."""
+    from kdepth.data.sources import read_rgb
+
+    rgb = read_rgb(path)  # DataError for unreadable files; converts greyscale / palette / RGBA
+    with Image.open(path) as img:
+        mode = img.mode
+    return rgb, mode
+
+
+def load_model(model, *, input_range="0-255", output_scale=1.0, threads=None):
+    """A `DepthModel` from a path (anything `kdepth.inference.load_depth_model` reads), or `model` itself."""
+    if not isinstance(model, (str, os.PathLike)):
+        return model
+    from kdepth import inference
+
+    path = Path(model)
+    try:
+        return inference.load_depth_model(str(path), input_range=input_range, output_scale=output_scale, threads=threads)
+    except KdepthError:
+        raise
+    except Exception as e:  # a foreign or truncated file can raise anything from TF / LiteRT
+        raise KdepthError(f"--model {path}: cannot be loaded as a depth model ({type(e).__name__}: {e}).") from e
+
+
+def predict_depth(model, rgb):
+    """Depth (H0, W0) metres for an RGB image of any size, and a note when it is far larger than the model's input.
+
+    `DepthModel.predict_image` resizes the image to the input size (antialiased, so a large
+    shrink does not alias) and the depth back to (H0, W0).
+    """
+    h0, w0 = rgb.shape[:2]
+    ih, iw = model.input_size
+    depth = np.asarray(model.predict_image(rgb), dtype=np.float32)
+    note = None
+    if h0 > HUGE_FACTOR * ih or w0 > HUGE_FACTOR * iw:
+        note = (
+            f"{h0}x{w0} (HxW) is more than {HUGE_FACTOR}x the model's input {ih}x{iw} in a side; resized to "
+            f"{ih}x{iw} for the model and the depth resized back to {h0}x{w0}"
+        )
+    return depth, note
+
+
+def predict_paths(
+    model,
+    inputs,
+    out_dir,
+    *,
+    npy=False,
+    pointcloud=False,
+    intrinsics=None,
+    input_range="0-255",
+    output_scale=1.0,
+    threads=None,
+    show_progress=False,
+    echo=print,
+):
+    """Predicts depth for image files and folders and writes the outputs for each image.
+
+    Args:
+        model: a `DepthModel` (`kdepth.inference`) or a path `load_depth_model` reads: a run or
+            stage directory, a .keras file, a SavedModel directory or a .tflite file.
+        inputs: image files and folders (searched recursively for .png/.jpg/.jpeg).
+        out_dir: output folder (created).
+        npy: also write NAME.npy, float32 depth in metres.
+        pointcloud: also write NAME.ply (see the module docstring for the convention).
+        intrinsics: None (NYU's scaled to each image), (fx, fy, cx, cy) at each image's own size,
+            or ((fx, fy, cx, cy), (H, W)) as `parse_intrinsics` returns.
+        input_range, output_scale, threads: passed to `load_depth_model` when `model` is a path.
+        show_progress: draw a click progress bar when there is more than one image.
+        echo: where per-image notes (conversions, resizes, failures) go.
+
+    Returns:
+        A `PredictReport`; a bad image is a failure in it, not an exception.
+
+    Raises:
+        KdepthError: the model cannot be loaded, or no input names an existing file or folder
+            with images.
+    """
+    import click
+
+    items, problems = collect_images(inputs)
+    if not items:
+        detail = "; ".join(f"{p}: {r}" for p, r in problems) or "no inputs given"
+        raise KdepthError(f"no images to predict ({detail}); pass image files (.png, .jpg) or folders holding them.")
+    depth_model = load_model(model, input_range=input_range, output_scale=output_scale, threads=threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = PredictReport(out_dir)
+    for path, reason in problems:
+        report.failed.append((path, reason))
+        echo(f"error: {path}: {reason}")
+
+    use_bar = show_progress and len(items) > 1
+    bar = (
+        click.progressbar(
+            items, label=f"predicting {len(items)} images", item_show_func=lambda it: it and it[0].name, file=sys.stderr
+        )
+        if use_bar
+        else nullcontext(items)
+    )
+    # Under a drawn bar a message starts on a new line rather than after the bar.
+    say = (lambda m: echo("\n" + m)) if use_bar else echo
+    with bar as iterator:
+        for path, stem in iterator:
+            try:
+                written = _predict_one(depth_model, path, out_dir / stem, npy, pointcloud, intrinsics, report, say)
+            except DataError as e:
+                report.failed.append((str(path), e.reason))
+                say(f"error: {e}")
+                continue
+            except Exception as e:  # a model failure on one image must not stop the others
+                reason = f"prediction failed ({type(e).__name__}: {e})"
+                report.failed.append((str(path), reason))
+                say(f"error: {path}: {reason}")
+                continue
+            report.written[str(path)] = written
+    return report
+
+
+def _predict_one(model, path, base, npy, pointcloud, intrinsics, report, echo):
+    rgb, mode = _read_image(path)
+    if mode != "RGB":
+        report.notes.append((str(path), f"converted {mode} to RGB"))
+        echo(f"{path}: converted PIL mode {mode} to RGB")
+    depth, note = predict_depth(model, rgb)
+    if note:
+        report.notes.append((str(path), note))
+        echo(f"{path}: {note}")
+    if depth.shape != rgb.shape[:2]:
+        raise KdepthError(f"the model returned depth of shape {depth.shape} for an image of {rgb.shape[:2]}.")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    name = base.name
+    written = []
+    depth_png = base.with_name(f"{name}_depth.png")
+    Image.fromarray(_depth_png16(depth)).save(depth_png)
+    color_png = base.with_name(f"{name}_color.png")
+    Image.fromarray(color_picture(depth)).save(color_png)
+    written += [depth_png, color_png]
+    if npy:
+        npy_path = base.with_name(f"{name}.npy")
+        np.save(npy_path, depth.astype(np.float32))
+        written.append(npy_path)
+    if pointcloud:
+        ply_path = base.with_name(f"{name}.ply")
+        points, mask = backproject(depth, intrinsics_for(depth.shape, intrinsics))
+        write_ply(ply_path, points, rgb[mask])
+        written.append(ply_path)
+    return written
+
+
+def _depth_png16(depth):
+    from kdepth.data.writer import depth_to_png16
+
+    return depth_to_png16(depth, DEPTH_SCALE)
