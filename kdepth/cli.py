@@ -358,7 +358,8 @@ def export(model_path, out, quantize, data_spec, parity_images, config_path, set
     free), OUT/model_<q>.tflite per quantization (built-in ops only: plain LiteRT + XNNPACK)
     and OUT/metadata.json. Then runs every form on validation images and prints its difference
     to Keras and its delta1; a float form (SavedModel, none, fp16) beyond its tolerance makes
-    the export fail with exit code 1. Without --config/--set the run's own config.toml is used.
+    the export fail with exit code 1. Without --config the run's own config.toml is used (with
+    any --set applied on top).
 
     \b
     Examples:
@@ -366,8 +367,10 @@ def export(model_path, out, quantize, data_spec, parity_images, config_path, set
       kdepth export --model runs/quickstart --out savedmodels/quickstart --quantize none --quantize fp16 --quantize int8
       kdepth export --model runs/nyu/stage2/model.keras --out savedmodels/nyu --quantize int8 --data tfds
     """
-    from kdepth.export import export_model
+    from kdepth.export import export_model, resolve_model_source
 
+    # --set applies on top of the run's own config.toml unless --config names another file.
+    config_path = config_path or resolve_model_source(model_path).config_path
     config = resolve_config(config_path, sets) if (config_path or sets) else None
     report = export_model(
         model_path, out, list(quantize) or None, config, data=data_spec, parity_images=parity_images, echo=click.echo

@@ -16,6 +16,8 @@ Decisions:
 - The network is always rebuilt in float32 from its own config (every layer's dtype policy set
   to float32) and the weights are copied by layer name: TFLite cannot convert a mixed-precision
   graph, and variables are float32 under Keras mixed precision anyway, so nothing is lost.
+- The SavedModel is what `deploy.export(path, format="tf_saved_model")` writes, but written
+  with `ExportArchive` without `track()` so each weight is stored once (`write_saved_model`).
 - TFLite files come from `tf.lite.TFLiteConverter.from_saved_model` on OUT/saved_model (never
   `from_keras_model`, which does not work with Keras 3), with built-in ops only (no Flex/SELECT_TF
   ops), so every file runs on plain LiteRT with XNNPACK.
@@ -193,6 +195,26 @@ def build_deploy_model(network):
 
 
 # --------------------------------------------------------------------------------- conversion
+
+
+def write_saved_model(deploy, path):
+    """Writes the deploy model as a SavedModel with the endpoint `serve` (and `serving_default`).
+
+    The same artifact as `deploy.export(path, format="tf_saved_model")`: input "image" float32
+    (None, H, W, 3), one output, batch dimension free. It is built with `ExportArchive` without
+    `track()`, because `model.export` (track + endpoint) stores every weight twice in Keras 3.15
+    (keras-team/keras#23553: 2x the file size and 2x the variable memory of every server that
+    loads it); the endpoint's captured variables are saved once either way. The parity check
+    loads the result, so an export that lost its variables cannot pass unnoticed.
+    """
+    h, w = network_input_size(deploy)
+    archive = keras.export.ExportArchive()
+    archive.add_endpoint(
+        "serve",
+        lambda image: deploy(image, training=False),
+        input_signature=[keras.InputSpec(shape=(None, h, w, 3), dtype="float32", name="image")],
+    )
+    archive.write_out(str(path), verbose=False)
 
 
 def check_quantize(values):
@@ -587,7 +609,7 @@ def export_model(model_path, out_dir, quantize=None, config=None, *, data=None, 
     _clear_outputs(out_dir)
     saved_model_dir = out_dir / "saved_model"
     echo(f"writing {saved_model_dir}")
-    deploy.export(str(saved_model_dir), format="tf_saved_model", verbose=False)
+    write_saved_model(deploy, saved_model_dir)
 
     data_source = open_source(config.data, config.model.input_size)
     tflite_paths, calibration = {}, None

@@ -185,8 +185,9 @@ def collect_images(inputs):
     """Expands files and folders into [(path, relative output stem)], plus [(path, reason)] problems.
 
     Folders are searched recursively for .png/.jpg/.jpeg (any case), sorted; their sub-folders are
-    kept in the output stem. A file given by name is taken whatever its extension. Two inputs
-    that would write the same NAME get the extension appended (x.png -> x_png).
+    kept in the output stem. A file given by name is taken whatever its extension. Files that
+    would write the same NAME get their extension appended (x.png -> x_png, x.jpg -> x_jpg), and
+    a number if that is not enough (two folders' x.png -> x_png, x_png_2).
     """
     found, problems = [], []
     for item in inputs:
@@ -200,16 +201,20 @@ def collect_images(inputs):
             found.append((path, Path(path.stem)))
         else:
             problems.append((str(path), "does not exist"))
-    stems, seen, out = {}, set(), []
+    stems, seen, used, out = {}, set(), set(), []
     for path, stem in found:
-        stems.setdefault(stem, []).append(path)
+        stems.setdefault(stem, set()).add(path.resolve())
     for path, stem in found:
-        if (path.resolve(), stem) in seen:
+        if path.resolve() in seen:
             continue  # the same file given twice
-        seen.add((path.resolve(), stem))
-        if len({p.resolve() for p in stems[stem]}) > 1:
+        seen.add(path.resolve())
+        if len(stems[stem]) > 1:
             stem = stem.with_name(f"{stem.name}_{path.suffix.lstrip('.').lower() or 'noext'}")
-        out.append((path, stem))
+        unique, k = stem, 2
+        while unique in used:  # e.g. a/x.png and b/x.png given as two folders
+            unique, k = stem.with_name(f"{stem.name}_{k}"), k + 1
+        used.add(unique)
+        out.append((path, unique))
     return out, problems
 
 
@@ -314,8 +319,8 @@ def predict_paths(
         if use_bar
         else nullcontext(items)
     )
-    # Under a drawn bar a message starts on a new line rather than after the bar.
-    say = (lambda m: echo("\n" + m)) if use_bar else echo
+    # Under a drawn bar (only on a terminal) a message starts on a new line, not after the bar.
+    say = (lambda m: echo("\n" + m)) if use_bar and sys.stderr.isatty() else echo
     with bar as iterator:
         for path, stem in iterator:
             try:
