@@ -73,41 +73,22 @@ class ModelSource:
         return None
 
 
-def _stage_number(path):
-    suffix = path.name[len("stage"):]
-    return int(suffix) if path.name.startswith("stage") and suffix.isdigit() else None
-
-
 def resolve_model_source(path):
-    """Finds the .keras network behind `path`.
-
-    Args:
-        path: a `.keras` file, a stage directory (holding model.keras) or a run directory (the
-            highest stageN/ holding a model.keras is taken).
+    """Finds the .keras network behind `path` (a .keras file, a stage or a run directory).
 
     Raises:
-        KdepthError: nothing there, or something that is not a Keras network of kdepth.
+        KdepthError: nothing there, or a SavedModel / .tflite, which cannot be re-exported.
     """
-    path = Path(path)
-    hint = "pass a run directory (runs/NAME), a stage directory (runs/NAME/stageN) or a .keras file"
-    if not path.exists():
-        raise KdepthError(f"--model {path}: does not exist; {hint}.")
-    if path.is_dir():
-        if (path / "model.keras").is_file():
-            return ModelSource(path / "model.keras", path)
-        stages = sorted(
-            (n, p) for p in path.iterdir() if p.is_dir() and (n := _stage_number(p)) is not None and (p / "model.keras").is_file()
+    from kdepth.inference import resolve_model_path
+
+    kind, resolved = resolve_model_path(path)
+    if kind != "keras":
+        raise KdepthError(
+            f"--model {path}: is a {kind}; export needs the trained Keras network: pass a run directory "
+            "(runs/NAME), a stage directory (runs/NAME/stageN) or a .keras file."
         )
-        if stages:
-            stage_dir = stages[-1][1]
-            return ModelSource(stage_dir / "model.keras", stage_dir)
-        if (path / "saved_model.pb").is_file():
-            raise KdepthError(f"--model {path}: is a SavedModel; export needs the trained Keras network: {hint}.")
-        raise KdepthError(f"--model {path}: no model.keras in it nor in a stageN/ sub-folder; {hint}.")
-    if path.suffix.lower() != ".keras":
-        raise KdepthError(f"--model {path}: a {path.suffix or 'suffix-less'} file cannot be exported; {hint}.")
-    parent = path.parent
-    return ModelSource(path, parent if (parent / "config.toml").is_file() else None)
+    parent = resolved.parent
+    return ModelSource(resolved, parent if (parent / "config.toml").is_file() else None)
 
 
 _MIXED = ("mixed_bfloat16", "mixed_float16")
@@ -361,24 +342,10 @@ def representative_dataset(source, split, count, input_size):
 
 
 def delta1(pred, depths):
-    """delta < 1.25 per image on valid ground-truth pixels, averaged over images.
+    """delta < 1.25 per image on valid ground truth, averaged over images (kdepth.evaluation)."""
+    from kdepth.evaluation import evaluate_arrays
 
-    `pred` (N, H, W) is resized bilinearly to each ground truth's size first; a non-positive or
-    non-finite prediction counts as wrong.
-    """
-    from kdepth.inference import resize_depth
-
-    values = []
-    for p, gt in zip(pred, depths, strict=True):
-        p = resize_depth(p, gt.shape)
-        valid = np.isfinite(gt) & (gt > 0)
-        if not valid.any():
-            continue
-        p, g = p[valid].astype(np.float64), gt[valid].astype(np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where((p > 0) & np.isfinite(p), np.maximum(p / g, g / p), np.inf)
-        values.append(float(np.mean(ratio < 1.25)))
-    return float(np.mean(values)) if values else float("nan")
+    return evaluate_arrays(depths, list(pred), protocol="full")["delta1"]
 
 
 # ---------------------------------------------------------------------------------- parity

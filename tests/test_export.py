@@ -216,9 +216,9 @@ def test_bad_model_paths_say_what_is_wrong(tmp_path):
     with pytest.raises(KdepthError, match="does not exist"):
         resolve_model_source(tmp_path / "nothing")
     (tmp_path / "m.tflite").write_bytes(b"x")
-    with pytest.raises(KdepthError, match=r"\.tflite file cannot be exported"):
+    with pytest.raises(KdepthError, match=r"is a tflite; export needs the trained Keras network"):
         resolve_model_source(tmp_path / "m.tflite")
-    with pytest.raises(KdepthError, match="no model.keras"):
+    with pytest.raises(KdepthError, match="folder holds no model"):
         resolve_model_source(tmp_path)
     foreign = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     foreign.save(tmp_path / "foreign.keras")
