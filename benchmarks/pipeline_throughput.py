@@ -35,6 +35,17 @@ BATCH = 8
 GROUP = ("identity", "lr")
 
 
+def cpu_name():
+    """The CPU model from /proc/cpuinfo (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def write_mat(path, source, n):
     """Writes n synthetic samples upsampled to 480x640 in the official labelled file's layout."""
     with h5py.File(path, "w") as f:
@@ -124,7 +135,7 @@ def main(argv=None):
     meta = {
         "benchmark": "pipeline_throughput",
         "size": list(SIZE), "batch": BATCH, "flip_group": list(GROUP), "samples": n, "repeats": args.repeats,
-        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": sys.version.split()[0],
+        "cpu": cpu_name(), "cores": os.cpu_count(), "python": sys.version.split()[0],
         "tensorflow": tf.__version__,
     }
     out = Path(args.out)

@@ -38,6 +38,7 @@ STAGE_TRAINABLE = {
     3: set(GROUPS),
 }
 OVERFIT_MAX_EPOCHS, OVERFIT_STEPS, OVERFIT_TARGET = 60, 10, 0.99
+MEAN_DEPTH_SAMPLES = 400  # training images the mean-depth baseline averages over
 METRIC_NAMES = ("delta1", "delta2", "delta3", "abs_rel", "rmse")
 
 
@@ -204,6 +205,25 @@ def _metrics_on(network, dataset, steps, final_scale, constant=None):
     return {m.name: float(m.result()) for m in metrics}
 
 
+def final_metrics(config, network, source, final_scale, val_split):
+    """The end-of-stage figures: (mean depth, train, val, mean-depth baseline on val).
+
+    Without augmentation, on the whole validation split and on as many training images, so runs
+    with different batch sizes or val_steps compare. The baseline predicts the mean ground-truth
+    depth of up to MEAN_DEPTH_SAMPLES training images everywhere.
+    """
+    d, batch = config.data, config.train.batch_size
+    n_val = source.num_samples(val_split)
+    steps = math.ceil(n_val / batch)
+    eval_train, _ = dataset_from_config(config, d.train_split, training=False, source=source)
+    eval_val, _ = dataset_from_config(config, val_split, training=False, source=source)
+    mean_depth = mean_train_depth(eval_train, steps=math.ceil(MEAN_DEPTH_SAMPLES / batch))
+    train = _metrics_on(network, eval_train, steps, final_scale)
+    val = _metrics_on(network, eval_val, steps, final_scale)
+    baseline = _metrics_on(network, eval_val, steps, final_scale, constant=mean_depth)
+    return mean_depth, train, val, baseline
+
+
 def mean_train_depth(dataset, steps):
     """Mean ground-truth depth (metres) over valid pixels of up to `steps` training batches."""
     total = count = 0.0
@@ -355,13 +375,7 @@ def _fit(config, stage, overfit, out, echo):
     model_path = out / "model.keras"
     network.save(model_path)
 
-    # Final figures without augmentation: train (as many batches as val), val and the baseline.
-    eval_train, _ = dataset_from_config(config, d.train_split, training=False, source=source)
-    eval_val, _ = dataset_from_config(config, val_split, training=False, source=source)
-    mean_depth = mean_train_depth(eval_train, steps=min(steps, 50))
-    train_metrics = _metrics_on(network, eval_train, val_steps, trainer.final_scale)
-    val_metrics = _metrics_on(network, eval_val, val_steps, trainer.final_scale)
-    baseline = _metrics_on(network, eval_val, val_steps, trainer.final_scale, constant=mean_depth)
+    mean_depth, train_metrics, val_metrics, baseline = final_metrics(config, network, source, trainer.final_scale, val_split)
     result = FitResult(
         stage_dir=out, model_path=model_path, train=train_metrics, val=val_metrics, baseline=baseline,
         mean_depth=mean_depth, epochs_run=len(history.epoch), seconds=time.perf_counter() - start,
