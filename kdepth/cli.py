@@ -135,6 +135,9 @@ def synth(out, count, eval_count, size, seed, config_path, sets):
     source = open_source(config.data, config.model.input_size)
     with click.progressbar(length=count + 2 * eval_count, label=f"writing {out}") as bar:
         counts = write_source(source, out, depth_scale=config.data.depth_scale, progress=lambda *_: bar.update(1))
+    from kdepth.config import save_config
+
+    save_config(config, out)  # the rendering settings, so the data set can be made again
     click.echo(f"wrote {counts} samples at {size} to {out} (depth: 16-bit PNG, millimetres, 0 = hole)")
 
 

@@ -33,6 +33,7 @@ def test_synth_writes_the_folder_format(synth_dir):
         assert len(list((synth_dir / split / "rgb").glob("*.png"))) == n
         depths = sorted((synth_dir / split / "depth").glob("*.png"))
         assert len(depths) == n
+    assert load_config([synth_dir / "config.toml"]).data.synthetic_size == [36, 48]
     depth = np.asarray(Image.open(depths[0]))
     assert depth.dtype == np.uint16 and depth.shape == (36, 48)
     assert 300 <= depth[depth > 0].min() and depth.max() <= 10000  # millimetres within 0.3-10 m
