@@ -1,6 +1,6 @@
 """Samples/s of the tf.data pipeline alone, per source, at 240x320.
 
-    python benchmarks/pipeline_throughput.py [--samples 200] [--repeats 3] [--out benchmarks/results]
+    python benchmarks/pipeline_throughput.py [--samples 200] [--repeats 3]
 
 Writes each source's data into a temporary folder first (synthetic rooms rendered at 240x320,
 stored as the folder format, as a manifest over the same files, and as an official-layout
@@ -10,9 +10,7 @@ each source to the in-memory reference (the same batches from tensors already de
 """
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -20,10 +18,11 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from common import write_results  # noqa: E402
 
 from kdepth.config import load_config  # noqa: E402
 from kdepth.data.pipeline import build_dataset  # noqa: E402
@@ -33,17 +32,6 @@ from kdepth.data.writer import write_source  # noqa: E402
 SIZE = (240, 320)
 BATCH = 8
 GROUP = ("identity", "lr")
-
-
-def cpu_name():
-    """The CPU model from /proc/cpuinfo (Linux), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_mat(path, source, n):
@@ -98,7 +86,6 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     n = args.samples
 
@@ -132,19 +119,11 @@ def main(argv=None):
     reference = results["in-memory (reference)"]["samples_per_s"]
     for r in results.values():
         r["ratio_to_in_memory"] = round(r["samples_per_s"] / reference, 3)
-    meta = {
-        "benchmark": "pipeline_throughput",
-        "size": list(SIZE), "batch": BATCH, "flip_group": list(GROUP), "samples": n, "repeats": args.repeats,
-        "cpu": cpu_name(), "cores": os.cpu_count(), "python": sys.version.split()[0],
-        "tensorflow": tf.__version__,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline_throughput.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    print(f"\n| source | samples/s (median of {args.repeats}) | ratio to in-memory |\n|---|---|---|")
-    for label, r in results.items():
-        print(f"| {label} | {r['samples_per_s']} | {r['ratio_to_in_memory']} |")
-    print("\nTFDS nyu_depth_v2 is not timed: its 32 GiB archive cannot be downloaded here.")
+    meta = {"benchmark": "pipeline_throughput", "size": list(SIZE), "batch": BATCH, "flip_group": list(GROUP), "samples": n, "repeats": args.repeats}
+    lines = [f"| source | samples/s (median of {args.repeats}) | ratio to in-memory |", "|---|---|---|"]
+    lines += [f"| {label} | {r['samples_per_s']} | {r['ratio_to_in_memory']} |" for label, r in results.items()]
+    lines.append("\nTFDS nyu_depth_v2 is not timed: its 32 GiB archive cannot be downloaded here.")
+    write_results("pipeline_throughput", meta, results, "\n".join(lines))
 
 
 if __name__ == "__main__":
