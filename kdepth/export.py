@@ -25,6 +25,14 @@ Decisions:
   all-0 and an all-255 image so the input scale is exactly 1 and the zero point 0) and int8
   output (TFLite's native type, no extra requantize op; dequantize with the output's scale and
   zero point, which metadata.json records). Depth beyond the calibration range saturates.
+- The int8 file is converted from a second, equivalent graph (`fold_channel_flip`): the
+  preprocessing's RGB->BGR channel flip is folded into the convolutions that read the image
+  (their kernels reversed along the input channels) and the mean subtraction reordered to RGB.
+  The TFLite converter (TF 2.21) gives the REVERSE_V2 output of "flip, then subtract the means"
+  its own int8 scale (about [-123, 255]) although the kernel copies the bytes unchanged, so every
+  pixel value x reached the mean subtraction as (x - 83) x 1.485: on the quickstart model's synthetic
+  test split delta1 fell from 0.650 (float32) to 0.504. Folded, int8 gives 0.6501 against 0.6502.
+  The float forms keep the network's own graph; the parity check compares the int8 file with it.
 - Parity (`check_parity`): the SavedModel and every .tflite are run through
   `kdepth.inference.load_depth_model` on validation images and compared with the float32 Keras
   deploy model. A float form fails the export when any pixel has
@@ -36,6 +44,7 @@ import dataclasses
 import datetime
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import keras
@@ -170,9 +179,107 @@ def build_deploy_model(network):
         resized bilinearly (half-pixel centres, as `tf.image.resize`) to the input size.
     """
     h, w = network_input_size(network)
-    finest = network.get_layer(finest_scale(network)).output
+    # The network's own input and output tensors, not get_layer(...).output: a layer shared with
+    # another graph (`fold_channel_flip`) has one output per graph, and .output is the first.
+    name = finest_scale(network)
+    outputs = network.output
+    finest = outputs[name] if isinstance(outputs, dict) else network.get_layer(name).output
     depth = keras.layers.Resizing(h, w, interpolation="bilinear", dtype="float32", name="depth")(finest)
-    return keras.Model(inputs=network.get_layer("image").output, outputs=depth, name="deploy")
+    return keras.Model(inputs=network.inputs[0], outputs=depth, name="deploy")
+
+
+def _inbound_layers(layer_config):
+    """Names of the layers whose outputs a layer's config (from `Model.get_config`) reads."""
+    names = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            if "keras_history" in value:
+                names.append(value["keras_history"][0])
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+
+    walk(layer_config.get("inbound_nodes", []))
+    return names
+
+
+def flip_consumers(network):
+    """The Conv2D layers that read the preprocessed image, directly or through scalar Rescaling layers.
+
+    Their kernels absorb a permutation of the image channels exactly (`fold_channel_flip`).
+
+    Raises:
+        KdepthError: another kind of layer reads the preprocessed image.
+    """
+    config = network.get_config()
+    layers = {layer["name"]: layer for layer in config["layers"]}
+    readers = {}
+    for layer in config["layers"]:
+        for source in _inbound_layers(layer):
+            readers.setdefault(source, []).append(layer["name"])
+    convs, pending = [], ["preprocess"]
+    while pending:
+        for name in readers.get(pending.pop(), []):
+            layer = layers[name]
+            cfg = layer["config"]
+            if layer["class_name"] == "Rescaling" and np.ndim(cfg["scale"]) == 0 and np.ndim(cfg["offset"]) == 0:
+                pending.append(name)  # x * a + b treats every channel alike: look through it
+            elif layer["class_name"] == "Conv2D":
+                convs.append(name)
+            else:
+                raise KdepthError(
+                    f"model {network.name!r}: layer {name!r} ({layer['class_name']}) reads the preprocessed image; only "
+                    "Conv2D layers (directly or through a Rescaling by one scalar) can absorb the RGB->BGR flip for the "
+                    "int8 export. Export without int8 (--quantize none/fp16/dynamic)."
+                )
+    return sorted(set(convs))
+
+
+def fold_channel_flip(network):
+    """The network without the RGB->BGR flip of its preprocessing: the graph the int8 file is made from.
+
+    `CaffePreprocess` computes flip(rgb) - mean_bgr. The copy computes rgb - mean_rgb (a
+    `Rescaling` layer with a per-channel offset, named "preprocess") and every convolution that
+    reads it (`flip_consumers`) gets its kernel reversed along the input channels: the same
+    function (zero padding maps to zero padding), with no REVERSE_V2 op, which TFLite's int8
+    conversion gets wrong (module docstring). All other layers are shared with `network`, not
+    copied, and `network` itself is not changed.
+
+    Args:
+        network: a float32 kdepth network with a `CaffePreprocess` layer named "preprocess".
+
+    Returns:
+        (folded network, sorted names of the convolutions whose kernels were reversed).
+
+    Raises:
+        KdepthError: no CaffePreprocess layer "preprocess", or it feeds a layer that cannot absorb the flip.
+    """
+    from kdepth.models.layers import CaffePreprocess
+
+    names = {layer.name for layer in network.layers}
+    if "preprocess" not in names or not isinstance(network.get_layer("preprocess"), CaffePreprocess):
+        raise KdepthError(
+            f"model {network.name!r} has no CaffePreprocess layer named 'preprocess'; the int8 export folds its channel "
+            "flip into the first convolutions. Export a model written by `kdepth fit`."
+        )
+    mean = network.get_layer("preprocess").mean
+    convs = flip_consumers(network)
+
+    def clone(layer):
+        if layer.name == "preprocess":
+            return keras.layers.Rescaling(1.0, offset=[-m for m in reversed(mean)], dtype="float32", name="preprocess")
+        if layer.name in convs:
+            return layer.__class__.from_config(layer.get_config())
+        return layer  # shared: no copy of the large dense weights
+
+    folded = keras.models.clone_model(network, clone_function=clone)
+    for name in convs:
+        kernel, bias = network.get_layer(name).get_weights()
+        folded.get_layer(name).set_weights([kernel[:, :, ::-1, :], bias])
+    return folded, convs
 
 
 # --------------------------------------------------------------------------------- conversion
@@ -579,20 +686,28 @@ def export_model(model_path, out_dir, quantize=None, config=None, *, data=None, 
     write_saved_model(deploy, saved_model_dir)
 
     data_source = open_source(config.data, config.model.input_size)
-    tflite_paths, calibration = {}, None
-    for q in quantize:
-        representative = None
-        if q == "int8":
-            train_split = _split_with_data(data_source, [config.data.train_split])
-            representative, n_cal = representative_dataset(
-                data_source, train_split, config.export.representative_samples, input_size
-            )
-            calibration = {"data": data_source.name, "split": train_split, "images": n_cal, "plus": "one all-0 and one all-255 image"}
-            echo(f"int8: calibrating on {n_cal} {train_split} images of {data_source.name} (+ an all-0 and an all-255 image)")
-        path = out_dir / f"model_{q}.tflite"
-        echo(f"writing {path}")
-        path.write_bytes(convert_tflite(saved_model_dir, q, representative))
-        tflite_paths[q] = path
+    tflite_paths, calibration, int8_graph = {}, None, None
+    with tempfile.TemporaryDirectory(prefix="kdepth-int8-") as tmp:
+        for q in quantize:
+            representative, graph_dir = None, saved_model_dir
+            if q == "int8":
+                train_split = _split_with_data(data_source, [config.data.train_split])
+                representative, n_cal = representative_dataset(
+                    data_source, train_split, config.export.representative_samples, input_size
+                )
+                calibration = {"data": data_source.name, "split": train_split, "images": n_cal, "plus": "one all-0 and one all-255 image"}
+                echo(f"int8: calibrating on {n_cal} {train_split} images of {data_source.name} (+ an all-0 and an all-255 image)")
+                folded, convs = fold_channel_flip(network)
+                int8_graph = {
+                    "channel_flip_folded_into": convs,
+                    "why": "TFLite's int8 REVERSE_V2 (RGB->BGR) before a subtraction is mis-quantized; the folded graph is the same function",
+                }
+                graph_dir = Path(tmp) / "saved_model"
+                write_saved_model(build_deploy_model(folded), graph_dir)
+            path = out_dir / f"model_{q}.tflite"
+            echo(f"writing {path}")
+            path.write_bytes(convert_tflite(graph_dir, q, representative))
+            tflite_paths[q] = path
 
     split = _split_with_data(data_source, [config.data.val_split, config.data.test_split, config.data.train_split])
     images, depths = load_images(data_source, split, parity_images, input_size)
@@ -625,7 +740,7 @@ def export_model(model_path, out_dir, quantize=None, config=None, *, data=None, 
         "evaluation": evaluation,
         "files": files,
         "tflite": {
-            p.name: {"quantization": q, **tflite_details(p), **({"calibration": calibration} if q == "int8" else {})}
+            p.name: {"quantization": q, **tflite_details(p), **({"calibration": calibration, "graph": int8_graph} if q == "int8" else {})}
             for q, p in tflite_paths.items()
         },
         "parity": {
