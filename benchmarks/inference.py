@@ -52,8 +52,7 @@ from kdepth.data.sources import open_source  # noqa: E402
 from kdepth.evaluation import evaluate  # noqa: E402
 from kdepth.export import QUANTIZATIONS, export_model, format_size, resolve_model_source  # noqa: E402
 from kdepth.inference import load_depth_model, resize_image  # noqa: E402
-from kdepth.models.network import build_network  # noqa: E402
-from kdepth.training.fit import network_kwargs  # noqa: E402
+from kdepth.training.stages import network_from_config  # noqa: E402
 
 TARGETS = {"tflite_vs_keras": 1.0, "int8_vs_float32_latency": 0.5, "int8_delta1": 0.01, "int8_size": 0.27}
 
@@ -88,7 +87,7 @@ def untrained_network(tmp, size, settings):
         export__representative_samples=settings.calibration,
     )
     keras.utils.set_random_seed(0)
-    network = build_network(**network_kwargs(config, config.model.scales), backbone_weights="none")
+    network = network_from_config(config, config.model.scales)
     path = Path(tmp) / "untrained.keras"
     network.save(path)
     return path, config

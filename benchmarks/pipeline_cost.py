@@ -3,7 +3,7 @@
     python benchmarks/pipeline_cost.py [--quick] [--points 64x80 ...] [--rounds N] [--steps N] [--samples N]
 
 The training step is the one `kdepth fit` runs for stage 1 (built by
-`kdepth.training.fit.build_trainer(config, 1)`), driven by `trainer.fit` with a timing callback. Its feeds:
+`kdepth.training.stages.build_trainer(config, 1)`), driven by `trainer.fit` with a timing callback. Its feeds:
 
   in-memory (reference)   4 real batches, already decoded, as tensors (`from_tensor_slices`,
                           repeated): the same shapes, no decoding.
@@ -71,7 +71,7 @@ from kdepth.config import load_config  # noqa: E402
 from kdepth.data.pipeline import dataset_from_config  # noqa: E402
 from kdepth.data.sources import open_source  # noqa: E402
 from kdepth.data.writer import write_source  # noqa: E402
-from kdepth.training.fit import build_trainer as fit_build_trainer  # noqa: E402
+from kdepth.training.stages import build_trainer as fit_build_trainer  # noqa: E402
 
 TARGET_COST = 0.05
 MEMORY_BATCHES = 4  # distinct batches the in-memory reference cycles through

@@ -3,7 +3,7 @@
     python benchmarks/training.py [--quick] [--only NAME ...] [--repeats N] [--max-memory-gb GB]
 
 Sections (all build the model exactly as `kdepth fit` does, through
-`kdepth.training.fit.build_trainer(config, 1)`; stage 1 = scales 1 and 2; batches are real synthetic-room batches
+`kdepth.training.stages.build_trainer(config, 1)`; stage 1 = scales 1 and 2; batches are real synthetic-room batches
 from kdepth's pipeline, held in memory so that only the model is timed):
 
   efficiency       232x310, 8 flip groups of ("identity", "lr") = 16 images per step, float32:
@@ -73,9 +73,9 @@ from flops import concrete_graph, graph_flops, layer_forward_flops, profiler_flo
 
 from kdepth.config import load_config  # noqa: E402
 from kdepth.data.pipeline import dataset_from_config  # noqa: E402
-from kdepth.models.network import build_network, scale_sizes  # noqa: E402
-from kdepth.training.fit import build_trainer as fit_build_trainer  # noqa: E402
-from kdepth.training.fit import fit, precision_policy  # noqa: E402
+from kdepth.models import DepthNetwork, dtype_policy, scale_sizes  # noqa: E402
+from kdepth.training.fit import fit  # noqa: E402
+from kdepth.training.stages import build_trainer as fit_build_trainer  # noqa: E402
 
 GROUP = ("identity", "lr")
 SECTIONS = ("efficiency", "mixed_precision", "set_loss_cost", "memory", "scaling", "breakdown")
@@ -154,8 +154,8 @@ def make_config(size, batch, group=GROUP, precision="float32", extra=()):
 
 
 def build_trainer(config, jit_compile=None):
-    """(trainer, network) built and compiled by `kdepth.training.fit.build_trainer` for stage 1."""
-    with precision_policy(config.train.precision):
+    """(trainer, network) built and compiled by `kdepth.training.stages.build_trainer` for stage 1."""
+    with dtype_policy(config.train.precision):
         keras.utils.set_random_seed(config.train.seed)
         parts = fit_build_trainer(config, 1, jit_compile=jit_compile)
     return parts.trainer, parts.network
@@ -595,7 +595,7 @@ def scaling_row(ctx, size, repeats, budget):
         trainer = images = target = None
         row["training_skipped"] = f"weights + gradients + Adam moments need ~{gb(estimate)} GB > --max-memory-gb {gb(budget)}"
         log(f"  training skipped: {row['training_skipped']}")
-        network = build_network(size, scales=2)
+        network = DepthNetwork(size, scales=2)
     image1 = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, *size, 3)).astype("float32"))
     fwd = forward_flops(network, size)
     row["gflop_forward_per_image"] = g(fwd)

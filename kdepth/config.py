@@ -63,11 +63,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "mat_splits": Key("", "str", "nyu_mat source: splits.mat path; '' = next to the .mat file"),
     },
     "model": {
-        # min 32: VGG16's five 2x2 pools need 32 pixels a side (models.network.MIN_INPUT).
+        # min 32: VGG16's five 2x2 pools need 32 pixels a side (models.depth_network.MIN_INPUT).
         "input_size": Key([64, 80], "size", "[H, W] of the RGB input (paper: [232, 310] or [228, 304])", min=32),
         "scales": Key(3, "int", "number of scales built (1 = VGG + dense only, 2, 3)", min=1, max=3),
         "skips": Key(True, "bool", "skip layers 1.1 (block3_pool) and 1.2 (block4_pool) into scale 2"),
-        "backbone_weights": Key("auto", "str", "VGG16 weights: auto, imagenet, none, or a path to a .h5 file"),
+        "backbone": Key("vgg16", "str", "feature extractor of scale 1 and the skip layers", ("vgg16",)),
+        "backbone_weights": Key("auto", "str", "backbone weights: auto, imagenet, none, or a path to a .h5 file"),
         "output": Key("log", "str", "depth head: log (exp of a linear output) or softplus; neither has a dead zone", ("log", "softplus")),
         "coarse_hidden": Key(4200, "int", "width of the first dense layer of scale 1 (layer 1.6)", min=1),
         "dropout": Key(0.5, "float", "dropout rate around the dense layers of scale 1", min=0.0, max=0.99),

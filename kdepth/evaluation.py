@@ -1,6 +1,6 @@
 """The benchmark protocol: depth metrics per image, averaged over images (BTS / AdaBins convention).
 
-For each image, on its valid pixels (DESIGN.md section 2):
+For each image, on its valid pixels (docs/design.md, the evaluation protocol):
 
 * valid: ``min_depth < gt < max_depth`` and finite (defaults 1e-3 and 10 m), and with
   ``protocol="eigen"`` inside the Eigen crop (rows 45:471, cols 41:601 of 480x640; see
@@ -27,6 +27,7 @@ import dataclasses
 import datetime
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -309,14 +310,54 @@ def _json_float(value):
     return value if math.isfinite(value) else None
 
 
-def evaluate(model, source, split, *, protocol="eigen", flip_tta=False, align="none", limit=None, progress=None,
-             min_depth=1e-3, max_depth=10.0, batch_size=8):
+def _model_and_source(model, source, config):
+    """A `DepthModel` and a `Source` from what `evaluate` was given (objects, paths or a data spec)."""
+    from kdepth.inference import load_depth_model
+
+    run_config = None
+    if isinstance(model, (str, Path)):
+        run_config = _run_config_of(model)
+        model = load_depth_model(model)
+    if isinstance(source, (str, Path)):
+        from kdepth.config import defaults
+        from kdepth.data.sources import open_source, parse_data_spec
+
+        config = config or run_config or defaults()
+        kind, root = parse_data_spec(str(source))
+        config = config.replace(data__source=kind, data__root=root)
+        source = open_source(config.data, config.model.input_size)
+    return model, source
+
+
+def _run_config_of(model_path):
+    """The config.toml of the kdepth run a model path points into, or None."""
+    from kdepth.config import load_config
+    from kdepth.paths import resolve_model_path, run_config_path
+
+    kind, resolved = resolve_model_path(model_path)
+    path = run_config_path(resolved) if kind == "keras" else None
+    return load_config([path]) if path is not None else None
+
+
+def default_split(source, wanted="test"):
+    """`wanted` if the source has it, else its only split; raises the source's error otherwise."""
+    splits = list(source.splits())
+    if wanted in splits or len(splits) != 1:
+        return wanted
+    return splits[0]
+
+
+def evaluate(model, source, split=None, *, protocol="eigen", flip_tta=False, align="none", limit=None, progress=None,
+             min_depth=1e-3, max_depth=10.0, batch_size=8, config=None):
     """Evaluates a depth model on a split of a source (module docstring: protocol and flip consistency).
 
+    Also `kdepth.evaluate`.
+
     Args:
-        model: a `kdepth.inference.DepthModel`.
-        source: a `kdepth.data.sources.Source`.
-        split: the split to evaluate, e.g. "test".
+        model: a `kdepth.inference.DepthModel`, or a path `kdepth.load` reads.
+        source: a `kdepth.data.sources.Source`, or a data spec as for `kdepth fit --data`
+            ("synthetic", a folder, a manifest .txt, "tfds[:DIR]", a .mat file).
+        split: the split to evaluate; None = "test", or the source's only split.
         protocol: "eigen" or "full".
         flip_tta: average each prediction with the un-flipped prediction of the flipped image.
         align: "none", "median" or "scale-shift" per image (for relative-depth models).
@@ -324,13 +365,21 @@ def evaluate(model, source, split, *, protocol="eigen", flip_tta=False, align="n
         progress: called as progress(done, total) after each image.
         min_depth, max_depth: the valid ground-truth range and the prediction clip range.
         batch_size: images predicted per model call.
+        config: the config whose data settings open a source given as a spec; None = the run's
+            own config.toml when `model` is a kdepth run, else the defaults.
 
     Returns:
         An `EvalResult`.
+
+    Example:
+        >>> result = kdepth.evaluate("runs/quickstart", "synthetic")
+        >>> print(result.format())
     """
     import time
 
     _check_protocol(protocol, align, min_depth, max_depth)
+    model, source = _model_and_source(model, source, config)
+    split = default_split(source) if split is None else split
     if limit is not None and int(limit) < 1:
         raise KdepthError(f"limit received {limit!r}; allowed: an integer >= 1, or None for the whole split.")
     start = time.perf_counter()

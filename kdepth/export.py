@@ -11,15 +11,15 @@ They are written into OUT/.partial-export-XXXX and moved into OUT only after the
 passed (metadata.json last); a failed export leaves OUT as it was, with the files of a failed
 parity check in OUT/failed/ for inspection.
 
-What is exported is the *deploy* model (`build_deploy_model`): input "image" float32
-(B, H, W, 3) raw RGB 0-255 with a free batch dimension, output "depth" float32 (B, H, W, 1) in
-metres, the finest scale the network built resized bilinearly to the input size.
+What is exported is the network's serving model (`DepthNetwork.serving_model`): input "image"
+float32 (B, H, W, 3) raw RGB 0-255 with a free batch dimension, output "depth" float32
+(B, H, W, 1) in metres, the finest scale the network built resized bilinearly to the input size.
 
 Decisions:
 
-- The network is always rebuilt in float32 from its own config (every layer's dtype policy set
-  to float32) and the weights are copied by layer name: TFLite cannot convert a mixed-precision
-  graph, and variables are float32 under Keras mixed precision anyway, so nothing is lost.
+- The network is always rebuilt in float32 from its own config (`kdepth.models.float32_copy`)
+  and the weights are copied by layer name: TFLite cannot convert a mixed-precision graph, and
+  variables are float32 under Keras mixed precision anyway, so nothing is lost.
 - The SavedModel is what `deploy.export(path, format="tf_saved_model")` writes, but written
   with `ExportArchive` without `track()` so each weight is stored once (`write_saved_model`).
 - TFLite files come from `tf.lite.TFLiteConverter.from_saved_model` on OUT/saved_model (never
@@ -34,16 +34,17 @@ Decisions:
   (their kernels reversed along the input channels) and the mean subtraction reordered to RGB.
   The TFLite converter (TF 2.21) gives the REVERSE_V2 output of "flip, then subtract the means"
   its own int8 scale (about [-123, 255]) although the kernel copies the bytes unchanged, so every
-  pixel value x reached the mean subtraction as (x - 83) x 1.485: on the quickstart model's synthetic
-  test split delta1 fell from 0.650 (float32) to 0.504. Folded, int8 gives 0.6501 against 0.6502.
-  The float forms keep the network's own graph; the parity check compares the int8 file with it.
+  pixel value reached the mean subtraction shifted and stretched (the measured loss of delta1
+  is in docs/evaluate-export-predict.md). The float forms keep the network's own graph; the
+  parity check compares the int8 file with it.
 - Parity (`check_parity`): the SavedModel and every .tflite are run through
   `kdepth.inference.load_depth_model` on validation images and compared with the float32 Keras
-  deploy model. A float form fails the export when any pixel has
+  serving model. A float form fails the export when any pixel has
   |form - keras| > rtol * max(keras, 1 m) (relative above 1 m, rtol metres below), with rtol in
   `PARITY_RTOL`; dynamic and int8 are reported, not gated, but every form must give finite depth.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -56,6 +57,8 @@ import keras
 import numpy as np
 
 from kdepth.errors import KdepthError
+from kdepth.models.depth_network import serving_graph
+from kdepth.paths import resolve_model_path, run_config_path
 
 QUANTIZATIONS = ("none", "fp16", "dynamic", "int8")
 # Per-pixel gate |form - keras| <= rtol * max(keras depth, 1 m), for the float forms only.
@@ -84,9 +87,7 @@ class ModelSource:
 
     @property
     def config_path(self):
-        if self.stage_dir is not None and (self.stage_dir / "config.toml").is_file():
-            return self.stage_dir / "config.toml"
-        return None
+        return run_config_path(self.keras_path) if self.stage_dir is not None else None
 
 
 def resolve_model_source(path):
@@ -95,104 +96,13 @@ def resolve_model_source(path):
     Raises:
         KdepthError: nothing there, or a SavedModel / .tflite, which cannot be re-exported.
     """
-    from kdepth.inference import resolve_model_path
-
     kind, resolved = resolve_model_path(path)
     if kind != "keras":
         raise KdepthError(
             f"--model {path}: is a {kind}; export needs the trained Keras network: pass a run directory "
             "(runs/NAME), a stage directory (runs/NAME/stageN) or a .keras file."
         )
-    parent = resolved.parent
-    return ModelSource(resolved, parent if (parent / "config.toml").is_file() else None)
-
-
-_MIXED = ("mixed_bfloat16", "mixed_float16")
-
-
-def _float32_config(value, found):
-    """A copy of a (nested) Keras config with every mixed dtype policy replaced by float32."""
-    if isinstance(value, dict):
-        if value.get("class_name") == "DTypePolicy" and isinstance(value.get("config"), dict):
-            name = value["config"].get("name")
-            if name in _MIXED:
-                found.add(name)
-                return {**value, "config": {**value["config"], "name": "float32"}}
-        return {k: _float32_config(v, found) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_float32_config(v, found) for v in value]
-    if isinstance(value, str) and value in _MIXED:
-        found.add(value)
-        return "float32"
-    return value
-
-
-def float32_network(network):
-    """Rebuilds a kdepth network with every layer in float32 and copies its weights by name.
-
-    Returns:
-        (network32, policies): the float32 model and the sorted list of mixed policies that were
-        replaced (empty if the network already was float32).
-    """
-    from kdepth.training.fit import transfer_weights
-
-    found = set()
-    config = _float32_config(network.get_config(), found)
-    import kdepth.models.network  # noqa: F401  (registers the custom layers)
-
-    rebuilt = keras.Model.from_config(config)
-    copied, total = transfer_weights(network, rebuilt)
-    if copied != total:
-        raise KdepthError(
-            f"rebuilding {network.name!r} in float32 copied {copied} of {total} weighted layers; the rebuilt "
-            "model's layer names differ from the saved ones. Re-save the model with this kdepth version."
-        )
-    return rebuilt, sorted(found)
-
-
-def _check_kdepth_network(network, path):
-    names = {layer.name for layer in network.layers}
-    if "image" not in names or "scale1" not in names:
-        raise KdepthError(
-            f"{path}: is a Keras model but not a kdepth network (it needs an input layer 'image' and depth outputs "
-            f"'scale1'...'scale3'; found outputs {list(getattr(network, 'output_names', []))}). Export a model written by `kdepth fit`."
-        )
-
-
-def finest_scale(network):
-    """Name of the finest depth output the network built: scale3, scale2 or scale1."""
-    names = {layer.name for layer in network.layers}
-    for name in ("scale3", "scale2", "scale1"):
-        if name in names:
-            return name
-    raise KdepthError(f"model {network.name!r} has no depth output scale1, scale2 or scale3; it is not a kdepth network.")
-
-
-def network_input_size(network):
-    """(H, W) of the network's "image" input."""
-    shape = network.get_layer("image").output.shape
-    return int(shape[1]), int(shape[2])
-
-
-def build_deploy_model(network):
-    """The single-output model that is exported.
-
-    Args:
-        network: a kdepth network (`build_network` or a loaded .keras), float32.
-
-    Returns:
-        A `keras.Model` named "deploy": input "image" float32 (B, H, W, 3) raw RGB 0-255, output
-        float32 (B, H, W, 1) depth in metres from a layer named "depth": the finest built scale
-        resized bilinearly (half-pixel centres, as `tf.image.resize`) to the input size.
-    """
-    h, w = network_input_size(network)
-    # The network's own input and output tensors, not get_layer(...).output: a layer shared with
-    # another graph (`fold_channel_flip`) has one output per graph, and .output is the first.
-    name = finest_scale(network)
-    outputs = network.output
-    finest = outputs[name] if isinstance(outputs, dict) else network.get_layer(name).output
-    depth = keras.layers.Resizing(h, w, interpolation="bilinear", dtype="float32", name="depth")(finest)
-    return keras.Model(inputs=network.inputs[0], outputs=depth, name="deploy")
+    return ModelSource(resolved, resolved.parent if run_config_path(resolved) is not None else None)
 
 
 def _inbound_layers(layer_config):
@@ -213,6 +123,12 @@ def _inbound_layers(layer_config):
     return names
 
 
+def _functional_view(network):
+    """A plain functional model of the same layers: its config lists them (a DepthNetwork's
+    config holds only its constructor arguments) and `clone_model` rebuilds that graph."""
+    return keras.Model(network.inputs, network.output, name=network.name)
+
+
 def flip_consumers(network):
     """The Conv2D layers that read the preprocessed image, directly or through scalar Rescaling layers.
 
@@ -221,7 +137,7 @@ def flip_consumers(network):
     Raises:
         KdepthError: another kind of layer reads the preprocessed image.
     """
-    config = network.get_config()
+    config = _functional_view(network).get_config()
     layers = {layer["name"]: layer for layer in config["layers"]}
     readers = {}
     for layer in config["layers"]:
@@ -246,7 +162,7 @@ def flip_consumers(network):
 
 
 def fold_channel_flip(network):
-    """The network without the RGB->BGR flip of its preprocessing: the graph the int8 file is made from.
+    """The network's serving model without the RGB->BGR flip of its preprocessing: what int8 is made from.
 
     `CaffePreprocess` computes flip(rgb) - mean_bgr. The copy computes rgb - mean_rgb (a
     `Rescaling` layer with a per-channel offset, named "preprocess") and every convolution that
@@ -256,10 +172,12 @@ def fold_channel_flip(network):
     copied, and `network` itself is not changed.
 
     Args:
-        network: a float32 kdepth network with a `CaffePreprocess` layer named "preprocess".
+        network: a float32 kdepth network (or a functional graph of its layers) with a
+            `CaffePreprocess` layer named "preprocess".
 
     Returns:
-        (folded network, sorted names of the convolutions whose kernels were reversed).
+        (folded graph with the network's outputs, sorted names of the convolutions whose
+        kernels were reversed).
 
     Raises:
         KdepthError: no CaffePreprocess layer "preprocess", or it feeds a layer that cannot absorb the flip.
@@ -282,7 +200,7 @@ def fold_channel_flip(network):
             return layer.__class__.from_config(layer.get_config())
         return layer  # shared: no copy of the large dense weights
 
-    folded = keras.models.clone_model(network, clone_function=clone)
+    folded = keras.models.clone_model(_functional_view(network), clone_function=clone)
     for name in convs:
         kernel, bias = network.get_layer(name).get_weights()
         folded.get_layer(name).set_weights([kernel[:, :, ::-1, :], bias])
@@ -302,7 +220,7 @@ def write_saved_model(deploy, path):
     loads it); the endpoint's captured variables are saved once either way. The parity check
     loads the result, so an export that lost its variables cannot pass unnoticed.
     """
-    h, w = network_input_size(deploy)
+    h, w = (int(d) for d in deploy.inputs[0].shape[1:3])
     archive = keras.export.ExportArchive()
     archive.add_endpoint(
         "serve",
@@ -406,7 +324,7 @@ def format_size(n):
 
 
 def _resize_rgb(rgb, size):
-    """float32 raw RGB at `size`, resized as `DepthModel.predict_image` does (bilinear, antialiased)."""
+    """float32 raw RGB at `size`, resized as `DepthModel.predict` does (bilinear, antialiased)."""
     from kdepth.inference import resize_image
 
     return resize_image(rgb, size).astype(np.float32)
@@ -508,7 +426,7 @@ def check_parity(deploy, artifacts, images, depths, *, echo=print):
     """Runs each exported form on `images` and compares it with the Keras deploy model.
 
     Args:
-        deploy: the float32 Keras deploy model (`build_deploy_model`).
+        deploy: the float32 Keras serving model (`DepthNetwork.serving_model`).
         artifacts: {form: path}, form "saved_model" or "tflite <q>" with q in QUANTIZATIONS.
         images: float32 (N, H, W, 3) raw RGB 0-255 at the model's input size.
         depths: N ground-truth depth maps in metres (0 = hole), any size, for delta1.
@@ -678,17 +596,48 @@ def export_model(model_path, out_dir, quantize=None, config=None, *, data=None, 
             then unchanged; after a failed parity check the artifacts and metadata.json are in
             OUT/failed/ for inspection, after any other failure nothing is left.
     """
-    import tensorflow as tf
+    job = _prepare(model_path, out_dir, quantize, config, data, echo)
+    with _staging(job.final_dir) as staging:
+        artifacts, build = _convert(job, staging, echo)
+        images, depths, split = _parity_images(job, parity_images)
+        echo(f"parity check on {len(images)} {split} images of {job.data_source.name}:")
+        rows = check_parity(job.deploy, artifacts, images, depths, echo=echo)
+        metadata_path = staging / "metadata.json"
+        metadata = _metadata(job, artifacts, build, rows, split, len(images))
+        metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+        tflite = {q: artifacts[f"tflite {q}"] for q in job.quantize}
+        report = ExportReport(staging, artifacts["saved_model"], tflite, metadata_path, metadata, rows)
+        echo(report.format())
+        if parity_failures(rows):
+            _fail(report, job.final_dir)
+        return _promote(report, job.final_dir)
 
-    from kdepth.config import defaults, load_config
+
+@dataclasses.dataclass
+class _Job:
+    """One export: where from and to, the float32 network and its serving model, the data."""
+
+    source: ModelSource
+    run_config: object
+    config: object
+    quantize: list
+    final_dir: Path
+    network: object
+    deploy: object
+    mixed: str | None
+    data_source: object
+
+
+def _prepare(model_path, out_dir, quantize, config, data, echo):
+    """Resolves the model, config and data and loads the network in float32."""
+    from kdepth.config import defaults
     from kdepth.data.sources import open_source, parse_data_spec
-    from kdepth.data.synthetic import scaled_intrinsics
-    from kdepth.training.fit import load_model_file
+    from kdepth.models import float32_copy, load
 
     source = resolve_model_source(model_path)
-    run_config = load_config([source.config_path]) if source.config_path else None
-    if config is None:
-        config = run_config if run_config is not None else defaults()
+    echo(f"loading {source.keras_path}")
+    loaded, run_config = load(source.keras_path)
+    config = config or run_config or defaults()
     if data:
         kind, root = parse_data_spec(data)
         config = config.replace(data__source=kind, data__root=root)
@@ -696,117 +645,132 @@ def export_model(model_path, out_dir, quantize=None, config=None, *, data=None, 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise KdepthError(f"--out {out_dir}: is a file; pass a folder such as savedmodels/NAME.")
-
-    echo(f"loading {source.keras_path}")
-    loaded = load_model_file(source.keras_path)
-    _check_kdepth_network(loaded, source.keras_path)
-    network, mixed = float32_network(loaded)
+    network, mixed = float32_copy(loaded)
     if mixed:
-        echo(f"rebuilt the network in float32 (it was saved under {', '.join(mixed)}) and copied the weights by layer name")
-    deploy = build_deploy_model(network)
-    input_size = network_input_size(network)
-    finest = finest_scale(network)
-    config = config.replace(model__input_size=list(input_size))
+        echo(f"rebuilt the network in float32 (it was saved under {mixed}) and copied the weights by layer name")
+    config = config.replace(model__input_size=list(network.input_size))
+    data_source = open_source(config.data, config.model.input_size)
+    return _Job(source, run_config, config, quantize, out_dir, network, network.serving_model(), mixed, data_source)
 
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Everything is written into a hidden staging folder inside OUT and moved into place only
-    # once the parity check passed: a failed or interrupted export leaves no model file that
-    # looks valid and does not touch an earlier export in OUT.
-    final_dir, out_dir = out_dir, Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+
+@contextlib.contextmanager
+def _staging(final_dir):
+    """A hidden staging folder inside OUT; on any failure it is removed (and OUT if we made it).
+
+    Everything is written there and moved into place only once the parity check passed: a failed
+    or interrupted export leaves no model file that looks valid and does not touch an earlier
+    export in OUT.
+    """
+    created = not final_dir.exists()
+    final_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=final_dir))
     try:
-        saved_model_dir = out_dir / "saved_model"
-        echo(f"writing {saved_model_dir}")
-        write_saved_model(deploy, saved_model_dir)
-
-        data_source = open_source(config.data, config.model.input_size)
-        tflite_paths, calibration, int8_graph = {}, None, None
-        with tempfile.TemporaryDirectory(prefix="kdepth-int8-") as tmp:
-            for q in quantize:
-                representative, graph_dir = None, saved_model_dir
-                if q == "int8":
-                    train_split = _split_with_data(data_source, [config.data.train_split])
-                    representative, n_cal = representative_dataset(
-                        data_source, train_split, config.export.representative_samples, input_size
-                    )
-                    calibration = {"data": data_source.name, "split": train_split, "images": n_cal, "plus": "one all-0 and one all-255 image"}
-                    echo(f"int8: calibrating on {n_cal} {train_split} images of {data_source.name} (+ an all-0 and an all-255 image)")
-                    folded, convs = fold_channel_flip(network)
-                    int8_graph = {
-                        "channel_flip_folded_into": convs,
-                        "why": "TFLite's int8 REVERSE_V2 (RGB->BGR) before a subtraction is mis-quantized; the folded graph is the same function",
-                    }
-                    graph_dir = Path(tmp) / "saved_model"
-                    write_saved_model(build_deploy_model(folded), graph_dir)
-                path = out_dir / f"model_{q}.tflite"
-                echo(f"writing {path}")
-                path.write_bytes(convert_tflite(graph_dir, q, representative))
-                tflite_paths[q] = path
-
-        split = _split_with_data(data_source, [config.data.val_split, config.data.test_split, config.data.train_split])
-        images, depths = load_images(data_source, split, parity_images, input_size)
-        echo(f"parity check on {len(images)} {split} images of {data_source.name}:")
-        artifacts = {"saved_model": saved_model_dir, **{f"tflite {q}": p for q, p in tflite_paths.items()}}
-        rows = check_parity(deploy, artifacts, images, depths, echo=echo)
-
-        run_info, evaluation = _run_info(source, run_config)
-        fx, fy, cx, cy = scaled_intrinsics(input_size)
-        h, w = input_size
-        files = {"saved_model": _dir_size(saved_model_dir), **{p.name: p.stat().st_size for p in tflite_paths.values()}}
-        metadata = {
-            "format": METADATA_FORMAT,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-            "input": {"name": "image", "shape": [None, h, w, 3], "dtype": "float32", "size": [h, w], "range": INPUT_RANGE},
-            "output": {
-                "name": "depth",
-                "shape": [None, h, w, 1],
-                "dtype": "float32",
-                "units": "metres",
-                "from": f"{finest} resized bilinearly to the input size",
-            },
-            "depth_units": "metres",
-            "intrinsics": {
-                "fx": fx, "fy": fy, "cx": cx, "cy": cy, "size": [h, w],
-                "note": "NYU Kinect RGB intrinsics (640x480) scaled to the input size; pixel centres at integer u, v",
-            },
-            "training": {**run_info, "precision_rebuilt_from": mixed or None},
-            "evaluation": evaluation,
-            "files": files,
-            "tflite": {
-                p.name: {"quantization": q, **tflite_details(p), **({"calibration": calibration, "graph": int8_graph} if q == "int8" else {})}
-                for q, p in tflite_paths.items()
-            },
-            "parity": {
-                "data": data_source.name,
-                "split": split,
-                "images": len(images),
-                "rule": f"gated forms: every pixel |form - keras| <= tolerance_rel x max(keras depth, {PARITY_FLOOR_M:g} m)",
-                "tolerances_rel": {k: PARITY_RTOL[k] for k in PARITY_RTOL},
-                "rows": [r.to_dict() for r in rows],
-            },
-        }
-        metadata_path = out_dir / "metadata.json"
-        metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
-        report = ExportReport(out_dir, saved_model_dir, tflite_paths, metadata_path, metadata, rows)
-        echo(report.format())
-        if parity_failures(rows):
-            failed = final_dir / FAILED_DIR
-            if failed.exists():
-                shutil.rmtree(failed)
-            os.replace(out_dir, failed)
-            for row in rows:
-                if row.path is not None:
-                    row.path = failed / row.path.relative_to(out_dir)
-            raise KdepthError(
-                "parity check failed: " + "; ".join(parity_failures(rows)) + f". Nothing was written to {final_dir} (an "
-                f"earlier export there is unchanged); the failed files and their metadata.json are in {failed} for "
-                "inspection only. A float form beyond tolerance means the conversion changed the model: check the "
-                "TensorFlow/LiteRT versions."
-            )
-        return _promote(report, final_dir)
+        yield staging
     except BaseException:
-        shutil.rmtree(out_dir, ignore_errors=True)  # nothing left once moved to failed/
+        shutil.rmtree(staging, ignore_errors=True)  # nothing left once moved to failed/
         if created and not any(final_dir.iterdir()):
             final_dir.rmdir()
         raise
+
+
+def _convert(job, staging, echo):
+    """Writes the SavedModel and each TFLite variant; returns ({form: path}, int8 build details)."""
+    saved_model_dir = staging / "saved_model"
+    echo(f"writing {saved_model_dir}")
+    write_saved_model(job.deploy, saved_model_dir)
+    artifacts, build = {"saved_model": saved_model_dir}, {}
+    with tempfile.TemporaryDirectory(prefix="kdepth-int8-") as tmp:
+        for q in job.quantize:
+            representative, graph_dir = None, saved_model_dir
+            if q == "int8":
+                representative, graph_dir, build = _int8_graph(job, Path(tmp), echo)
+            path = staging / f"model_{q}.tflite"
+            echo(f"writing {path}")
+            path.write_bytes(convert_tflite(graph_dir, q, representative))
+            artifacts[f"tflite {q}"] = path
+    return artifacts, build
+
+
+def _int8_graph(job, tmp, echo):
+    """The int8 calibration data and the channel-flip-folded SavedModel it is converted from."""
+    config, source = job.config, job.data_source
+    train_split = _split_with_data(source, [config.data.train_split])
+    representative, n_cal = representative_dataset(
+        source, train_split, config.export.representative_samples, job.network.input_size
+    )
+    echo(f"int8: calibrating on {n_cal} {train_split} images of {source.name} (+ an all-0 and an all-255 image)")
+    folded, convs = fold_channel_flip(job.network)
+    graph_dir = tmp / "saved_model"
+    write_saved_model(serving_graph(folded.inputs[0], folded.output[job.network.final_scale], job.network.input_size), graph_dir)
+    build = {
+        "calibration": {"data": source.name, "split": train_split, "images": n_cal, "plus": "one all-0 and one all-255 image"},
+        "graph": {
+            "channel_flip_folded_into": convs,
+            "why": "TFLite's int8 REVERSE_V2 (RGB->BGR) before a subtraction is mis-quantized; the folded graph is the same function",
+        },
+    }
+    return representative, graph_dir, build
+
+
+def _parity_images(job, count):
+    d = job.config.data
+    split = _split_with_data(job.data_source, [d.val_split, d.test_split, d.train_split])
+    images, depths = load_images(job.data_source, split, count, job.network.input_size)
+    return images, depths, split
+
+
+def _metadata(job, artifacts, build, rows, split, n_images):
+    """The contents of metadata.json: the contract, the run, the files and the parity results."""
+    import tensorflow as tf
+
+    from kdepth.data.synthetic import scaled_intrinsics
+
+    run_info, evaluation = _run_info(job.source, job.run_config)
+    h, w = job.network.input_size
+    fx, fy, cx, cy = scaled_intrinsics((h, w))
+    tflite = {form: p for form, p in artifacts.items() if form != "saved_model"}
+    return {
+        "format": METADATA_FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "input": {"name": "image", "shape": [None, h, w, 3], "dtype": "float32", "size": [h, w], "range": INPUT_RANGE},
+        "output": {
+            "name": "depth", "shape": [None, h, w, 1], "dtype": "float32", "units": "metres",
+            "from": f"{job.network.final_scale} resized bilinearly to the input size",
+        },
+        "depth_units": "metres",
+        "intrinsics": {
+            "fx": fx, "fy": fy, "cx": cx, "cy": cy, "size": [h, w],
+            "note": "NYU Kinect RGB intrinsics (640x480) scaled to the input size; pixel centres at integer u, v",
+        },
+        "training": {**run_info, "precision_rebuilt_from": [job.mixed] if job.mixed else None},
+        "evaluation": evaluation,
+        "files": {"saved_model": _dir_size(artifacts["saved_model"]), **{p.name: p.stat().st_size for p in tflite.values()}},
+        "tflite": {
+            p.name: {"quantization": form.split(" ", 1)[1], **tflite_details(p), **(build if form == "tflite int8" else {})}
+            for form, p in tflite.items()
+        },
+        "parity": {
+            "data": job.data_source.name, "split": split, "images": n_images,
+            "rule": f"gated forms: every pixel |form - keras| <= tolerance_rel x max(keras depth, {PARITY_FLOOR_M:g} m)",
+            "tolerances_rel": dict(PARITY_RTOL),
+            "rows": [r.to_dict() for r in rows],
+        },
+    }
+
+
+def _fail(report, final_dir):
+    """Moves a failed export's files to OUT/failed/ for inspection and raises with the reasons."""
+    failed = final_dir / FAILED_DIR
+    if failed.exists():
+        shutil.rmtree(failed)
+    os.replace(report.out_dir, failed)
+    for row in report.rows:
+        if row.path is not None:
+            row.path = failed / row.path.relative_to(report.out_dir)
+    raise KdepthError(
+        "parity check failed: " + "; ".join(parity_failures(report.rows)) + f". Nothing was written to {final_dir} (an "
+        f"earlier export there is unchanged); the failed files and their metadata.json are in {failed} for "
+        "inspection only. A float form beyond tolerance means the conversion changed the model: check the "
+        "TensorFlow/LiteRT versions."
+    )

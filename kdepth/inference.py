@@ -1,13 +1,14 @@
 """One way to run any depth model on images: kdepth's Keras networks, SavedModels and `.tflite` files.
 
-`load_depth_model(path)` returns a `DepthModel` whose `predict` takes a batch of raw RGB images
-at the model's input size and returns depth in metres at that size, whatever the model's format:
+`load_depth_model(path)` (also `kdepth.load`) returns a `DepthModel` whose `predict` takes raw
+RGB images of any size and returns depth in metres at that size, whatever the model's format:
 
 ``keras``
     A kdepth network: a ``.keras`` file, a run stage folder holding ``model.keras``
     (``runs/NAME/stageN``), or a run folder ``runs/NAME`` (its highest ``stageN`` with a
-    ``model.keras``). The output is the finest scale built (scale3 > scale2 > scale1), resized
-    bilinearly to the input size, exactly what kdepth's exported "deploy" model computes.
+    ``model.keras``), loaded with `kdepth.models.load_network_file`. It runs the network's own
+    serving model (`DepthNetwork.serving_model`): the finest scale built, resized bilinearly
+    to the input size, exactly what the export writes.
 ``saved_model``
     A SavedModel folder (holding ``saved_model.pb``), called through its ``serving_default``
     signature (Keras' ``model.export(..., format="tf_saved_model")`` writes it beside ``serve``).
@@ -30,21 +31,14 @@ centres, the same op as Keras' ``Resizing`` layer: images are antialiased when s
 are not (they are normally enlarged, as BTS and AdaBins do).
 """
 
-import re
-import zipfile
-from pathlib import Path
-
 import numpy as np
 
 from kdepth.errors import KdepthError
+from kdepth.paths import resolve_model_path
 
 KINDS = ("keras", "saved_model", "tflite")
 INPUT_RANGES = ("0-255", "0-1")
 BATCH = 8  # images per call for Keras and SavedModel models: bounds memory at large input sizes
-EXPECTED = (
-    "expected a kdepth .keras file, a run folder (runs/NAME or runs/NAME/stageN holding model.keras), "
-    "a SavedModel folder (holding saved_model.pb) or a .tflite file"
-)
 
 
 def _tf():
@@ -122,42 +116,48 @@ class DepthModel:
         return f"<DepthModel {self.kind} {self.path} input {self.input_size[0]}x{self.input_size[1]}>"
 
     def predict(self, images):
-        """Depth of a batch of images at the model's input size.
+        """Depth of one image or a batch, at the images' own size.
+
+        Each image is resized to the input size (bilinear, antialiased) unless it is already
+        at it, predicted, and its depth resized back (bilinear).
 
         Args:
-            images: (N, H, W, 3) raw RGB 0-255 (uint8 or float) with (H, W) = `input_size`.
+            images: one image (H, W, 3) raw RGB 0-255 (uint8 or float; greyscale (H, W) and
+                RGBA are converted), or a batch (N, H, W, 3).
 
         Returns:
-            float32 (N, H, W) depth in metres (raw output times `output_scale`).
+            float32 depth in metres: (H, W) for one image, (N, H, W) for a batch.
         """
         images = np.asarray(images)
-        h, w = self.input_size
-        if images.ndim != 4 or images.shape[1:] != (h, w, 3):
+        if images.ndim == 4:
+            return self._predict_batch(images)
+        return self._predict_batch(as_rgb(images, self.path)[None])[0]
+
+    def _predict_batch(self, images):
+        if images.shape[-1] != 3:
+            images = np.stack([as_rgb(image, self.path) for image in images]) if len(images) else images[..., :0]
+        if images.ndim != 4 or images.shape[-1] != 3:
             raise KdepthError(
-                f"{self.path}: predict received images of shape {images.shape}; expected (N, {h}, {w}, 3) "
-                "raw RGB 0-255 at the model's input size (use predict_image for one image of any size)."
+                f"{self.path}: predict received images of shape {images.shape}; expected one RGB image (H, W, 3) "
+                "or a batch (N, H, W, 3) of raw RGB 0-255."
             )
-        x = images.astype(np.float32)
-        if self.input_range == "0-1":
-            x = x / 255.0
+        size = tuple(images.shape[1:3])
+        if size == self.input_size:
+            x = images.astype(np.float32)
+        else:
+            x = np.stack([resize_image(image, self.input_size) for image in images]) if len(images) else images
+        return resize_depth(self._predict_at_input_size(x), size)
+
+    def _predict_at_input_size(self, x):
+        h, w = self.input_size
         if len(x) == 0:
             return np.zeros((0, h, w), np.float32)
+        x = x.astype(np.float32)
+        if self.input_range == "0-1":
+            x = x / 255.0
         depth = self._run(x)  # (N, h', w') float32 raw output
         depth = resize_depth(depth, self.input_size)
         return (depth * np.float32(self.output_scale)).astype(np.float32)
-
-    def predict_image(self, rgb):
-        """Depth of one image of any size, at that size.
-
-        The image (uint8 (H0, W0, 3); greyscale and RGBA are converted) is resized to the input
-        size (bilinear, antialiased), predicted, and the depth resized back to (H0, W0) (bilinear).
-
-        Returns:
-            float32 (H0, W0) depth in metres.
-        """
-        rgb = as_rgb(rgb, self.path)
-        depth = self.predict(resize_image(rgb, self.input_size)[None])[0]
-        return resize_depth(depth, rgb.shape[:2])
 
     def _run(self, x):
         """Raw model output (N, h, w) float32 for float32 input (N, H, W, 3) in `input_range`."""
@@ -170,41 +170,20 @@ class KerasDepthModel(DepthModel):
     kind = "keras"
 
     def __init__(self, path, **kwargs):
-        from kdepth.training.fit import load_model_file
+        from kdepth.models import load_network_file
 
-        if not zipfile.is_zipfile(path):
-            raise KdepthError(
-                f"{path}: is not a .keras archive (a .keras file is a zip file); it is truncated, corrupt or "
-                f"not a Keras model. {EXPECTED[0].upper()}{EXPECTED[1:]}."
-            )
-        network = load_model_file(path)
-        try:
-            outputs, inputs = network.output, network.inputs
-        except (AttributeError, ValueError):  # e.g. a Sequential saved without being called
-            outputs, inputs = None, []
-        scales = sorted(k for k in outputs if re.fullmatch(r"scale\d", k)) if isinstance(outputs, dict) else []
-        if not scales or len(inputs) != 1:
-            if isinstance(outputs, dict):
-                got = sorted(outputs)
-            else:
-                got = f"{len(network.outputs)} unnamed output(s)" if outputs is not None else "no defined outputs"
-            raise KdepthError(
-                f"{path}: is a Keras model but not a kdepth network (inputs: {len(inputs)}, outputs: {got}); "
-                "expected one input 'image' and outputs 'scale1'/'scale2'/'scale3'. Evaluate other models "
-                "as a SavedModel folder or a .tflite file."
-            )
-        shape = network.inputs[0].shape
-        super().__init__(path, (shape[1], shape[2]), **kwargs)
+        network = load_network_file(path)
+        super().__init__(path, network.input_size, **kwargs)
         self.network = network
-        self.scale = scales[-1]
-        self.info = f"keras, kdepth network, output {self.scale}, input {shape[1]}x{shape[2]}"
-        tf = _tf()
+        self.scale = network.final_scale
         h, w = self.input_size
+        self.info = f"keras, kdepth network, output {self.scale}, input {h}x{w}"
+        serving = network.serving_model()
+        tf = _tf()
 
         @tf.function(input_signature=[tf.TensorSpec((None, h, w, 3), tf.float32)], reduce_retracing=True)
         def run(x):
-            depth = network(x, training=False)[self.scale]
-            return tf.image.resize(tf.cast(depth, tf.float32), (h, w), method="bilinear")[..., 0]
+            return serving(x, training=False)[..., 0]
 
         self._fn = run
 
@@ -387,39 +366,6 @@ class TfliteDepthModel(DepthModel):
             raw = self._interpreter.get_tensor(self._out["index"])
             outs.append(_depth_map(dequantize(raw, *self._out_q), self.path)[0])
         return np.stack(outs)
-
-
-def resolve_model_path(path):
-    """Finds what `path` holds: returns (kind, resolved path).
-
-    A run folder resolves to its highest ``stageN/model.keras``, a stage folder to its
-    ``model.keras``, a ``saved_model.pb`` file to its folder. Raises KdepthError otherwise.
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise KdepthError(f"{path}: does not exist; {EXPECTED}.")
-    if path.is_dir():
-        if (path / "saved_model.pb").is_file():
-            return "saved_model", path
-        if (path / "model.keras").is_file():
-            return "keras", path / "model.keras"
-        stages = []
-        for child in path.iterdir():
-            m = re.fullmatch(r"stage(\d+)", child.name)
-            if m and (child / "model.keras").is_file():
-                stages.append((int(m.group(1)), child / "model.keras"))
-        if stages:
-            return "keras", max(stages)[1]
-        listing = sorted(p.name for p in path.iterdir())[:10]
-        raise KdepthError(f"{path}: folder holds no model (it has {listing or 'nothing'}); {EXPECTED}.")
-    suffix = path.suffix.lower()
-    if suffix == ".keras":
-        return "keras", path
-    if suffix == ".tflite":
-        return "tflite", path
-    if path.name == "saved_model.pb":
-        return "saved_model", path.parent
-    raise KdepthError(f"{path}: unsupported model file type {path.suffix or '(no extension)'!r}; {EXPECTED}.")
 
 
 def load_depth_model(path, *, input_range="0-255", output_scale=1.0, threads=None, input_size=None):

@@ -256,7 +256,7 @@ def load_model(model, *, input_range="0-255", output_scale=1.0, threads=None):
 def predict_depth(model, rgb):
     """Depth (H0, W0) metres for an RGB image of any size, and a note when it is far larger than the model's input.
 
-    `DepthModel.predict_image` resizes the image to the input size (antialiased, so a large
+    `DepthModel.predict` resizes the image to the input size (antialiased, so a large
     shrink does not alias) and the depth back to (H0, W0). An image more than `HUGE_FACTOR`
     times the input size in a side is first box-averaged by an integer factor per axis, in
     uint8 (PIL's `Image.reduce`), to at most twice the input size: the antialiased resize works
@@ -268,7 +268,7 @@ def predict_depth(model, rgb):
     if h0 > HUGE_FACTOR * ih or w0 > HUGE_FACTOR * iw:
         factors = (max(1, w0 // (2 * iw)), max(1, h0 // (2 * ih)))  # PIL order: (x, y)
         small = np.asarray(Image.fromarray(np.ascontiguousarray(rgb, np.uint8)).reduce(factors))
-        depth = np.asarray(model.predict_image(small), dtype=np.float32)
+        depth = np.asarray(model.predict(small), dtype=np.float32)
         if depth.shape == small.shape[:2]:
             from kdepth.inference import resize_depth
 
@@ -278,7 +278,7 @@ def predict_depth(model, rgb):
             f"{ih}x{iw} for the model and the depth resized back to {h0}x{w0}"
         )
     else:
-        depth = np.asarray(model.predict_image(rgb), dtype=np.float32)
+        depth = np.asarray(model.predict(rgb), dtype=np.float32)
     return depth, note
 
 

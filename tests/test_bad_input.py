@@ -22,13 +22,8 @@ from PIL import Image
 
 from kdepth.cli import main
 from kdepth.errors import ConfigError, KdepthError
-from kdepth.models.network import (
-    MAX_ACTIVATION_BYTES,
-    MAX_PARAMETERS,
-    build_network,
-    estimate_size,
-    layer_groups,
-)
+from kdepth.models import DepthNetwork, estimate_size, load_network_file
+from kdepth.models.depth_network import MAX_ACTIVATION_BYTES, MAX_PARAMETERS
 from kdepth.predict import predict_paths
 
 # A tiny network and a short run: 32x32 input (VGG16's minimum), 16 hidden units, no ImageNet.
@@ -170,7 +165,7 @@ def tiny_model(tmp_path_factory):
     stage = tmp_path_factory.mktemp("run") / "stage1"
     stage.mkdir()
     keras.utils.set_random_seed(0)
-    build_network((32, 32), scales=2, coarse_hidden=16).save(stage / "model.keras")
+    DepthNetwork((32, 32), scales=2, coarse_hidden=16).save(stage / "model.keras")
     return stage
 
 
@@ -278,13 +273,13 @@ def test_10000x10000_input_is_refused_up_front_with_the_estimate(tmp_path):
     assert size["parameters"] < MAX_PARAMETERS < estimate_size((10000, 10000), 4200)["parameters"]
     assert size["activation_bytes"] > MAX_ACTIVATION_BYTES > estimate_size((480, 640))["activation_bytes"]
     with pytest.raises(ConfigError, match=r"one image's VGG16 activations alone would take 111.9 GiB"):
-        build_network((10000, 10000), coarse_hidden=16)  # before any weight is allocated
+        DepthNetwork((10000, 10000), coarse_hidden=16)  # before any weight is allocated
 
 
 def test_size_estimate_is_the_real_parameter_count_of_vgg_and_the_dense_layers(tiny_model):
     stage = tiny_model
-    network = keras.saving.load_model(stage / "model.keras", compile=False)
-    groups = layer_groups(network)
+    network = load_network_file(stage / "model.keras")
+    groups = network.layer_groups()
     counted = sum(layer.count_params() for group in ("backbone", "coarse") for layer in groups[group])
     assert estimate_size((32, 32), coarse_hidden=16)["parameters"] == counted
 
@@ -317,7 +312,7 @@ def foreign_models(tmp_path_factory):
     return {
         "plain.keras": "is a Keras model but not a kdepth network",
         "plain.h5": "unsupported model file type '.h5'; expected a kdepth .keras file",
-        "notes.keras": "is not a .keras archive",
+        "notes.keras": "is not a .keras model archive",
         "two_inputs.tflite": "TFLite model has 2 input(s)",
         "random.tflite": "cannot be loaded as a TFLite model",
     }, root

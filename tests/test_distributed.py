@@ -162,7 +162,8 @@ EQUIVALENCE_SCRIPT = (
         from kdepth.config import load_config
         from kdepth.errors import ConfigError
         from kdepth.training import fit as fit_module, trainer as trainer_module
-        from kdepth.training.fit import build_trainer, fit
+        from kdepth.training.fit import fit
+        from kdepth.training.stages import build_trainer
         from kdepth.training.trainer import DepthTrainer
 
         TINY = json.loads(sys.argv[1])

@@ -21,7 +21,7 @@ from kdepth.evaluation import (
     flip_consistency,
 )
 from kdepth.inference import DepthModel, load_depth_model, resize_image
-from kdepth.models.network import build_network
+from kdepth.models import DepthNetwork
 
 
 def reference_metrics(gt, pred, min_depth=1e-3, max_depth=10.0):
@@ -224,7 +224,7 @@ def test_evaluate_matches_evaluate_arrays_on_predict_image():
     calls = []
     result = evaluate(model, source, "test", protocol="eigen", progress=lambda done, total: calls.append((done, total)))
     samples = [source.load("test", i) for i in range(3)]
-    expected = evaluate_arrays([d for _, d in samples], [model.predict_image(rgb) for rgb, _ in samples], protocol="eigen")
+    expected = evaluate_arrays([d for _, d in samples], [model.predict(rgb) for rgb, _ in samples], protocol="eigen")
     for m in METRICS:
         assert result.metrics[m] == pytest.approx(expected[m], rel=1e-5), m
     assert result.count == 3 and result.skipped == 0 and calls == [(1, 3), (2, 3), (3, 3)]
@@ -268,7 +268,7 @@ def test_result_json_and_table():
 def tiny_model(tmp_path_factory):
     """A tiny kdepth network with random head kernels (so its depth is not a constant), in a run folder."""
     root = tmp_path_factory.mktemp("eval_model")
-    network = build_network(input_size=(32, 32), scales=2, coarse_hidden=16)
+    network = DepthNetwork(input_size=(32, 32), scales=2, coarse_hidden=16)
     rng = np.random.default_rng(0)
     for name in ("scale1_dense2", "scale2_head"):
         kernel, bias = network.get_layer(name).get_weights()

@@ -15,18 +15,15 @@ from kdepth.data.synthetic import scaled_intrinsics
 from kdepth.errors import KdepthError
 from kdepth.export import (
     PARITY_RTOL,
-    build_deploy_model,
     check_parity,
     check_quantize,
     export_model,
-    float32_network,
     fold_channel_flip,
     parity_failures,
     resolve_model_source,
 )
+from kdepth.models import DepthNetwork, float32_copy, load_network_file, serving_graph
 from kdepth.models.layers import CaffePreprocess
-from kdepth.models.network import build_network
-from kdepth.training.fit import load_model_file
 
 SIZE = (32, 32)
 QUANTIZE = ["none", "fp16", "dynamic", "int8"]
@@ -36,7 +33,7 @@ SUMMARY_VAL = {"delta1": 0.41, "delta2": 0.7, "delta3": 0.85, "abs_rel": 0.3, "r
 def _tiny_network(seed=0):
     """A 32x32 two-scale network whose outputs vary over the image (random, small head kernels)."""
     keras.utils.set_random_seed(seed)
-    net = build_network(input_size=SIZE, scales=2, coarse_hidden=16, dropout=0.0)
+    net = DepthNetwork(input_size=SIZE, scales=2, coarse_hidden=16, dropout=0.0)
     rng = np.random.default_rng(seed)
     for name in ("scale1_dense2", "scale2_head"):
         layer = net.get_layer(name)
@@ -77,7 +74,7 @@ def exported(run_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keras_deploy(run_dir):
-    return build_deploy_model(load_model_file(run_dir / "stage1" / "model.keras"))
+    return load_network_file(run_dir / "stage1" / "model.keras").serving_model()
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +187,7 @@ def _random_heads(net, seed):
 
 def test_folding_the_channel_flip_computes_the_same_depth():
     keras.utils.set_random_seed(4)
-    net = _random_heads(build_network(input_size=SIZE, scales=3, coarse_hidden=16, dropout=0.0), 4)
+    net = _random_heads(DepthNetwork(input_size=SIZE, scales=3, coarse_hidden=16, dropout=0.0), 4)
     before = {layer.name: [w.copy() for w in layer.get_weights()] for layer in net.layers}
     folded, convs = fold_channel_flip(net)
     assert convs == ["block1_conv1", "scale2_conv1", "scale3_conv1"]  # VGG, and the two image branches via image_rescale
@@ -204,7 +201,10 @@ def test_folding_the_channel_flip_computes_the_same_depth():
         assert want[scale].std() > 1e-3  # the outputs vary, so the comparison means something
         np.testing.assert_allclose(got[scale], want[scale], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(
-        build_deploy_model(folded).predict_on_batch(x), build_deploy_model(net).predict_on_batch(x), rtol=1e-5, atol=1e-5
+        serving_graph(folded.inputs[0], folded.output["scale3"], SIZE).predict_on_batch(x),
+        net.serving_model().predict_on_batch(x),
+        rtol=1e-5,
+        atol=1e-5,
     )
     for layer in net.layers:  # the original network is untouched
         for a, b in zip(before[layer.name], layer.get_weights(), strict=True):
@@ -311,10 +311,11 @@ def test_mixed_precision_network_is_rebuilt_in_float32_with_the_same_weights(tmp
         mixed.save(tmp_path / "mixed.keras")
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    loaded = load_model_file(tmp_path / "mixed.keras")
+    loaded = load_network_file(tmp_path / "mixed.keras")
     assert loaded.get_layer("block1_conv1").dtype_policy.name == "mixed_bfloat16"
-    rebuilt, policies = float32_network(loaded)
-    assert policies == ["mixed_bfloat16"]
+    rebuilt, policy = float32_copy(loaded)
+    assert policy == "mixed_bfloat16"
+    assert isinstance(rebuilt, DepthNetwork) and rebuilt.get_config()["dtype"] == "float32"
     assert {layer.dtype_policy.name for layer in rebuilt.layers} == {"float32"}
     for layer in loaded.layers:
         for a, b in zip(layer.get_weights(), rebuilt.get_layer(layer.name).get_weights(), strict=True):
@@ -325,7 +326,7 @@ def test_mixed_precision_network_is_rebuilt_in_float32_with_the_same_weights(tmp
         layer.set_weights(loaded.get_layer(layer.name).get_weights())
     x = np.random.default_rng(0).uniform(0, 255, (2, *SIZE, 3)).astype(np.float32)
     np.testing.assert_allclose(
-        build_deploy_model(rebuilt).predict_on_batch(x), build_deploy_model(reference).predict_on_batch(x), rtol=1e-5
+        rebuilt.serving_model().predict_on_batch(x), reference.serving_model().predict_on_batch(x), rtol=1e-5
     )
 
 

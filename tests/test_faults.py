@@ -28,11 +28,12 @@ from click.testing import CliRunner
 from kdepth.cli import main
 from kdepth.config import load_config
 from kdepth.errors import KdepthError
-from kdepth.models.network import build_network
+from kdepth.models import DepthNetwork, load_network_file
 from kdepth.training import callbacks as cb
 from kdepth.training import checkpoints
 from kdepth.training import fit as fit_module
-from kdepth.training.fit import apply_stage, build_optimizer, fit, load_model_file
+from kdepth.training.fit import fit
+from kdepth.training.stages import apply_stage, build_optimizer
 from kdepth.training.trainer import DepthTrainer
 
 # A resumed run must give the weights of an uninterrupted one. Measured here: identical
@@ -319,7 +320,7 @@ def _truncated(source, folder, name=None):
 def test_a_truncated_model_file_is_named_and_called_truncated(saved_files, tmp_path):
     path = _truncated(saved_files / "model.keras", tmp_path)
     with pytest.raises(KdepthError) as error:
-        load_model_file(path)
+        load_network_file(path)
     message = str(error.value)
     assert f"{path}: cannot be loaded as a kdepth model; it is truncated or damaged" in message
     assert "train it again" in message
@@ -341,7 +342,7 @@ def test_a_foreign_model_file_says_so(tmp_path, content, expected):
     else:
         path.write_bytes(content)
     with pytest.raises(KdepthError, match=re.escape(expected)) as error:
-        load_model_file(path)
+        load_network_file(path)
     assert str(path) in str(error.value)
 
 
@@ -524,7 +525,7 @@ def test_a_non_finite_loss_stops_training_names_the_term_and_keeps_the_last_good
 
 
 def _tiny_trainer(on_nan):
-    network = build_network(input_size=(32, 32), scales=2, coarse_hidden=16, backbone_weights="none")
+    network = DepthNetwork(input_size=(32, 32), scales=2, coarse_hidden=16)
     apply_stage(network, 1)
     trainer = DepthTrainer(network, flip_group=("identity", "lr"), mse_weights={"scale1": 0.5, "scale2": 1.0}, set_weight=1.5, on_nan=on_nan)
     config = load_config([], ["model.input_size=[32, 32]", "model.coarse_hidden=16"])

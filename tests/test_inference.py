@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from kdepth.errors import KdepthError
 from kdepth.inference import dequantize, load_depth_model, quantize, resize_depth, resize_image
-from kdepth.models.network import build_network
+from kdepth.models import DepthNetwork
 
 SIZE = (32, 32)
 
@@ -48,7 +48,7 @@ def _to_tflite(saved_model_dir, out_path, int_type=None, representative=None):
 def kdepth_files(tmp_path_factory):
     """A tiny kdepth network as .keras, its deploy model as a SavedModel and as a float .tflite."""
     root = tmp_path_factory.mktemp("kdepth_model")
-    network = build_network(input_size=SIZE, scales=2, coarse_hidden=16)
+    network = DepthNetwork(input_size=SIZE, scales=2, coarse_hidden=16)
     _randomise_heads(network)
     network.save(root / "model.keras")
     deploy = _deploy(network, "scale2")
@@ -86,7 +86,7 @@ def test_saved_model_pb_file_loads_its_folder(kdepth_files):
 
 
 def test_run_folder_uses_the_highest_stage_with_a_model(kdepth_files, tmp_path):
-    net3 = build_network(input_size=SIZE, scales=3, coarse_hidden=16)
+    net3 = DepthNetwork(input_size=SIZE, scales=3, coarse_hidden=16)
     _randomise_heads(net3, seed=3)
     run = tmp_path / "runs" / "demo"
     (run / "stage1").mkdir(parents=True)
@@ -104,25 +104,30 @@ def test_run_folder_uses_the_highest_stage_with_a_model(kdepth_files, tmp_path):
     assert load_depth_model(run / "stage1").path == str(run / "stage1" / "model.keras")
 
 
-def test_predict_image_keeps_the_image_size_and_converts_grey_and_rgba(kdepth_files):
+def test_predict_keeps_the_image_size_and_converts_grey_and_rgba(kdepth_files):
     model = load_depth_model(kdepth_files["root"] / "model.keras")
     rgb = _images(1, size=(50, 70), seed=4)[0]
-    depth = model.predict_image(rgb)
+    depth = model.predict(rgb)
     assert depth.shape == (50, 70) and depth.dtype == np.float32
     small = tf.image.resize(rgb.astype(np.float32), SIZE, method="bilinear", antialias=True).numpy()
     expected = resize_depth(model.predict(small[None])[0], (50, 70))
     np.testing.assert_allclose(depth, expected, rtol=1e-5)
 
     grey = rgb[..., 0]
-    np.testing.assert_allclose(model.predict_image(grey), model.predict_image(np.stack([grey] * 3, -1)), rtol=1e-6)
+    np.testing.assert_allclose(model.predict(grey), model.predict(np.stack([grey] * 3, -1)), rtol=1e-6)
     rgba = np.concatenate([rgb, np.full((50, 70, 1), 7, np.uint8)], axis=-1)
-    np.testing.assert_allclose(model.predict_image(rgba), depth, rtol=1e-6)
+    np.testing.assert_allclose(model.predict(rgba), depth, rtol=1e-6)
 
 
-def test_predict_refuses_images_at_the_wrong_size(kdepth_files):
+def test_predict_takes_a_batch_of_any_size_and_refuses_what_is_not_an_image(kdepth_files):
+    # Until kdepth 0.1 predict took only images at the input size; now any size, like one image.
     model = load_depth_model(kdepth_files["root"] / "model.keras")
-    with pytest.raises(KdepthError, match=r"model.keras: predict received images of shape \(1, 40, 40, 3\); expected \(N, 32, 32, 3\)"):
-        model.predict(_images(1, size=(40, 40)))
+    batch = _images(2, size=(40, 48), seed=6)
+    depth = model.predict(batch)
+    assert depth.shape == (2, 40, 48) and depth.dtype == np.float32
+    np.testing.assert_allclose(depth[1], model.predict(batch[1]), rtol=1e-6)
+    with pytest.raises(KdepthError, match=r"model.keras: received an array of shape \(40, 40, 5\); expected an RGB image"):
+        model.predict(_images(1, size=(40, 40))[0][..., [0, 1, 2, 0, 1]])
 
 
 def test_resize_helpers():
@@ -256,7 +261,7 @@ def test_foreign_keras_file(tmp_path):
 def test_text_file_named_keras(tmp_path):
     path = tmp_path / "notes.keras"
     path.write_text("not a zip\n")
-    with pytest.raises(KdepthError, match=r"notes\.keras: is not a \.keras archive"):
+    with pytest.raises(KdepthError, match=r"notes\.keras: cannot be loaded as a kdepth model; it is not a \.keras model archive"):
         load_depth_model(path)
 
 

@@ -9,14 +9,12 @@ import pytest
 import tensorflow as tf
 
 from kdepth.errors import ConfigError, KdepthError
+from kdepth.models import DepthNetwork, load_backbone_weights, scale_sizes
+from kdepth.models.backbones import VGG16
+from kdepth.models.depth_network import group_layers
 from kdepth.models.layers import CaffePreprocess, DepthActivation
-from kdepth.models.network import (
-    VGG_NOTOP_FILE,
-    build_network,
-    layer_groups,
-    load_backbone_weights,
-    scale_sizes,
-)
+
+VGG_NOTOP_FILE = VGG16.weights_file
 
 SMALL = {"coarse_hidden": 16}  # keeps the dense layers tiny; the architecture is unchanged
 
@@ -27,7 +25,7 @@ def rgb(batch, h, w, seed=0):
 
 @pytest.fixture(scope="module")
 def model_64x80():
-    return build_network((64, 80), **SMALL)
+    return DepthNetwork((64, 80), **SMALL)
 
 
 # ---------------------------------------------------------------- sizes and variants
@@ -45,12 +43,12 @@ def test_bad_input_size_is_refused_with_the_value(size):
     with pytest.raises(ConfigError, match=r"model.input_size=.*\[H, W\].*>= 32"):
         scale_sizes(size)
     with pytest.raises(ConfigError, match="model.input_size"):
-        build_network(size, **SMALL)
+        DepthNetwork(size, **SMALL)
 
 
 @pytest.mark.parametrize("size", [(32, 32), (33, 45)])
 def test_outputs_have_the_names_and_shapes_of_scale_sizes(size):
-    model = build_network(size, **SMALL)
+    model = DepthNetwork(size, **SMALL)
     out = model(rgb(2, *size), training=False)
     expected = scale_sizes(size)
     assert sorted(out) == ["scale1", "scale2", "scale3"]
@@ -68,7 +66,7 @@ def test_64x80_outputs_match_scale_sizes(model_64x80):
 
 @pytest.mark.parametrize("scales", [1, 2, 3])
 def test_scales_build_only_their_outputs_and_layers(scales):
-    model = build_network((32, 32), scales=scales, **SMALL)
+    model = DepthNetwork((32, 32), scales=scales, **SMALL)
     keys = [f"scale{i}" for i in range(1, scales + 1)]
     assert sorted(model(rgb(1, 32, 32), training=False)) == keys
     names = {layer.name for layer in model.layers}
@@ -79,8 +77,8 @@ def test_scales_build_only_their_outputs_and_layers(scales):
 
 
 def test_skips_off_removes_skip_layers_but_keeps_the_coarse_concat():
-    on = {layer.name for layer in build_network((32, 32), skips=True, **SMALL).layers}
-    off_model = build_network((32, 32), skips=False, **SMALL)
+    on = {layer.name for layer in DepthNetwork((32, 32), skips=True, **SMALL).layers}
+    off_model = DepthNetwork((32, 32), skips=False, **SMALL)
     off = {layer.name for layer in off_model.layers}
     skip_layers = {"skip1_1_conv", "skip1_1_resize", "skip1_2_conv", "skip1_2_resize", "scale2_concat1", "scale2_concat2"}
     assert skip_layers <= on
@@ -103,7 +101,7 @@ def test_coarse_map_and_scale2_logits_feed_the_next_scale(model_64x80):
 
 def test_dense_layer_size_follows_the_input_size():
     # 232x310: block5_pool is floor(232/32) x floor(310/32) x 512 = 7 x 9 x 512 = 32256 inputs.
-    model = build_network((232, 310))
+    model = DepthNetwork((232, 310))
     dense1 = model.get_layer("scale1_dense1")
     assert tuple(dense1.kernel.shape) == (7 * 9 * 512, 4200)
     assert dense1.count_params() == 32256 * 4200 + 4200  # ~135 M (DESIGN 1.1)
@@ -111,7 +109,7 @@ def test_dense_layer_size_follows_the_input_size():
     out = model(rgb(1, 232, 310), training=False)
     assert {k: tuple(v.shape[1:3]) for k, v in out.items()} == scale_sizes((232, 310))
 
-    small = build_network((64, 80), coarse_hidden=100)
+    small = DepthNetwork((64, 80), coarse_hidden=100)
     assert tuple(small.get_layer("scale1_dense1").kernel.shape) == (2 * 2 * 512, 100)
     assert tuple(small.get_layer("scale1_dense2").kernel.shape) == (100, 16 * 20)
 
@@ -129,7 +127,7 @@ def test_dense_layer_size_follows_the_input_size():
 )
 def test_bad_arguments_are_refused(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        build_network((32, 32), **kwargs)
+        DepthNetwork((32, 32), **kwargs)
 
 
 # ---------------------------------------------------------------- heads and layers
@@ -137,14 +135,14 @@ def test_bad_arguments_are_refused(kwargs, match):
 
 @pytest.mark.parametrize("output", ["log", "softplus"])
 def test_untrained_network_predicts_depth_init_everywhere(output):
-    model = build_network((32, 32), output=output, depth_init=3.5, **SMALL)
+    model = DepthNetwork((32, 32), output=output, depth_init=3.5, **SMALL)
     for key, value in model(rgb(2, 32, 32), training=False).items():
         np.testing.assert_allclose(np.asarray(value), 3.5, rtol=1e-5, err_msg=key)
 
 
 @pytest.mark.parametrize("output", ["log", "softplus"])
 def test_heads_stay_positive_and_finite_with_large_weights(output):
-    model = build_network((32, 32), output=output, **SMALL)
+    model = DepthNetwork((32, 32), output=output, **SMALL)
     rng = np.random.default_rng(1)
     for name in ("scale1_dense2", "scale2_head", "scale3_head"):
         layer = model.get_layer(name)
@@ -189,7 +187,7 @@ def test_preprocessing_is_caffe_mode(model_64x80):
 def test_mixed_bfloat16_builds_with_float32_outputs():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        model = build_network((32, 32), **SMALL)
+        model = DepthNetwork((32, 32), **SMALL)
         assert model.get_layer("block1_conv1").compute_dtype == "bfloat16"
         assert model.get_layer("scale2_conv3").compute_dtype == "bfloat16"
         for name in ("preprocess", "scale1_dense2", "scale2_head", "scale3_head", "scale1", "scale2", "scale3"):
@@ -203,7 +201,7 @@ def test_mixed_bfloat16_builds_with_float32_outputs():
 
 
 def test_every_trainable_variable_gets_a_gradient_and_zero_heads_learn():
-    model = build_network((32, 32), **SMALL)
+    model = DepthNetwork((32, 32), **SMALL)
     x = rgb(2, 32, 32)
     with tf.GradientTape() as tape:
         out = model(x, training=True)
@@ -223,7 +221,7 @@ def test_every_trainable_variable_gets_a_gradient_and_zero_heads_learn():
 
 
 def test_layer_groups_cover_every_weighted_layer_once(model_64x80):
-    groups = layer_groups(model_64x80)
+    groups = model_64x80.layer_groups()
     assert sorted(groups) == ["backbone", "coarse", "scale2", "scale3", "skip"]
     grouped = [layer.name for layer_list in groups.values() for layer in layer_list]
     assert len(grouped) == len(set(grouped))
@@ -242,20 +240,20 @@ def test_layer_groups_cover_every_weighted_layer_once(model_64x80):
 
 
 def test_layer_groups_without_skips_and_with_an_unknown_layer():
-    groups = layer_groups(build_network((32, 32), scales=2, skips=False, **SMALL))
+    groups = DepthNetwork((32, 32), scales=2, skips=False, **SMALL).layer_groups()
     assert groups["skip"] == [] and groups["scale3"] == []
 
     inp = keras.Input((4,))
     stray = keras.Model(inp, keras.layers.Dense(2, name="mystery_dense")(inp))
     with pytest.raises(KdepthError, match="'mystery_dense' .* matches no layer group"):
-        layer_groups(stray)
+        group_layers(stray.layers, backbone_layers=())
 
 
 # ---------------------------------------------------------------- saving
 
 
 def test_keras_save_and_load_give_identical_outputs(tmp_path):
-    model = build_network((32, 32), output="softplus", **SMALL)
+    model = DepthNetwork((32, 32), output="softplus", **SMALL)
     rng = np.random.default_rng(2)
     for name in ("scale1_dense2", "scale2_head", "scale3_head"):  # non-trivial heads
         layer = model.get_layer(name)
@@ -305,7 +303,7 @@ def test_backbone_weights_from_a_legacy_h5_path(tmp_path):
     vgg = random_vgg()
     path = tmp_path / VGG_NOTOP_FILE
     write_legacy_notop_h5(vgg, path)
-    model = build_network((64, 80), scales=1, **SMALL)
+    model = DepthNetwork((64, 80), scales=1, **SMALL)
     with pytest.raises(AssertionError):
         assert_backbone_equals(model, vgg)  # different random weights before loading
     message = load_backbone_weights(model, str(path))
@@ -313,17 +311,18 @@ def test_backbone_weights_from_a_legacy_h5_path(tmp_path):
     assert_backbone_equals(model, vgg)
 
 
-def test_backbone_weights_from_a_keras3_weights_file_via_build_network(tmp_path):
+def test_backbone_weights_from_a_keras3_weights_file_via_DepthNetwork(tmp_path):
     vgg = random_vgg(seed=8)
     path = tmp_path / "vgg.weights.h5"
     vgg.save_weights(path)
-    model = build_network((32, 32), scales=1, backbone_weights=path, **SMALL)
+    model = DepthNetwork((32, 32), scales=1, **SMALL)
+    message = load_backbone_weights(model, path)
     assert_backbone_equals(model, vgg)
-    assert str(path) in model.backbone_weights_info
+    assert str(path) in message
 
 
 def test_missing_or_bad_weights_file_raises_with_the_path(tmp_path):
-    model = build_network((32, 32), scales=1, **SMALL)
+    model = DepthNetwork((32, 32), scales=1, **SMALL)
     missing = tmp_path / "nowhere" / "vgg16.h5"
     with pytest.raises(KdepthError, match="does not exist") as info:
         load_backbone_weights(model, str(missing))
@@ -338,7 +337,7 @@ def test_missing_or_bad_weights_file_raises_with_the_path(tmp_path):
 
 def test_none_and_auto_without_cache_keep_random_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    model = build_network((32, 32), scales=1, **SMALL)
+    model = DepthNetwork((32, 32), scales=1, **SMALL)
     before = model.get_layer("block2_conv1").get_weights()[0]
     assert load_backbone_weights(model, "none") == "VGG16 starts from random weights (backbone_weights=none)"
     message = load_backbone_weights(model, "auto")
@@ -358,7 +357,7 @@ def test_auto_and_imagenet_use_the_cached_notop_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(keras.utils, "get_file", no_download)
     for choice in ("auto", "imagenet"):
-        model = build_network((32, 32), scales=1, **SMALL)
+        model = DepthNetwork((32, 32), scales=1, **SMALL)
         message = load_backbone_weights(model, choice)
         assert "ImageNet" in message and VGG_NOTOP_FILE in message
         assert_backbone_equals(model, vgg)
@@ -371,7 +370,7 @@ def test_imagenet_offline_raises_a_clear_error(tmp_path, monkeypatch):
         raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name or service not known")
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
-    model = build_network((32, 32), scales=1, **SMALL)
+    model = DepthNetwork((32, 32), scales=1, **SMALL)
     with pytest.raises(KdepthError, match="no network seems reachable") as info:
         load_backbone_weights(model, "imagenet")
     text = str(info.value)

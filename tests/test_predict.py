@@ -157,10 +157,10 @@ def keras_model(tmp_path_factory):
     """A tiny two-scale kdepth network saved as .keras (its outputs vary: random head kernels)."""
     import keras
 
-    from kdepth.models.network import build_network
+    from kdepth.models import DepthNetwork
 
     keras.utils.set_random_seed(0)
-    net = build_network(input_size=(32, 32), scales=2, coarse_hidden=16)
+    net = DepthNetwork(input_size=(32, 32), scales=2, coarse_hidden=16)
     layer = net.get_layer("scale2_head")
     kernel, bias = layer.get_weights()
     layer.set_weights([np.random.default_rng(0).normal(0, 0.02, kernel.shape).astype("float32"), bias])

@@ -10,9 +10,10 @@ import tensorflow as tf
 
 from kdepth.config import load_config
 from kdepth.errors import KdepthError
-from kdepth.models.network import build_network
+from kdepth.models import DepthNetwork, transfer_weights
 from kdepth.training import callbacks as cb
-from kdepth.training.fit import apply_stage, build_optimizer, fit, transfer_weights
+from kdepth.training.fit import fit
+from kdepth.training.stages import apply_stage, build_optimizer
 from kdepth.training.trainer import DepthTrainer
 
 
@@ -68,7 +69,7 @@ def _batch(rng, b=2, g=2, size=32):
 
 
 def _trainer(config, scales, stage):
-    network = build_network(input_size=(32, 32), scales=scales, coarse_hidden=32, backbone_weights="none")
+    network = DepthNetwork(input_size=(32, 32), scales=scales, coarse_hidden=32)
     apply_stage(network, stage)
     trainer = DepthTrainer(network, flip_group=("identity", "lr"), mse_weights={"scale1": 0.5, "scale2": 1.0, "scale3": 1.0}, set_weight=1.5)
     trainer.compile(optimizer=build_optimizer(config, network, stage)[0])
@@ -109,12 +110,12 @@ def test_trainer_loss_is_the_weighted_sum_of_its_terms(tmp_path):
 
 
 def test_transfer_weights_matches_by_name():
-    small = build_network(input_size=(32, 32), scales=2, coarse_hidden=32)
-    big = build_network(input_size=(32, 32), scales=3, coarse_hidden=32)
+    small = DepthNetwork(input_size=(32, 32), scales=2, coarse_hidden=32)
+    big = DepthNetwork(input_size=(32, 32), scales=3, coarse_hidden=32)
     copied, total = transfer_weights(small, big)
     assert copied == len([layer for layer in small.layers if layer.weights]) and total > copied
     np.testing.assert_array_equal(big.get_layer("scale2_conv3").get_weights()[0], small.get_layer("scale2_conv3").get_weights()[0])
-    other = build_network(input_size=(32, 32), scales=2, coarse_hidden=16)
+    other = DepthNetwork(input_size=(32, 32), scales=2, coarse_hidden=16)
     with pytest.raises(KdepthError, match="scale1_dense1"):
         transfer_weights(other, big)
 
@@ -161,7 +162,7 @@ def test_overfit_three_images_reaches_a_low_error(tmp_path):
 
 
 def test_collapse_guard_names_the_collapse():
-    network = build_network(input_size=(32, 32), scales=2, coarse_hidden=16)  # zero heads: constant 2 m
+    network = DepthNetwork(input_size=(32, 32), scales=2, coarse_hidden=16)  # zero heads: constant 2 m
     messages = []
     guard = cb.CollapseGuard(network, tf.zeros((2, 32, 32, 3)), "scale2", threshold=1e-3, echo=messages.append)
     logs = {}

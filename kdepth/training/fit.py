@@ -1,11 +1,6 @@
 """`fit`: one training stage from a resolved config, as a plain function the CLI and tests call.
 
-Stages (the poster's schedule, without its decay bug):
-    1: scales 1 and 2 train; scale 3 is not built.
-    2: scale 3 trains; scales 1 and 2 are frozen and start from stage 1.
-    3: everything trains at `finetune_lr_scale` times the rates, starting from stage 2.
-
-Outputs go to RUN_DIR/NAME/stage{N}/: config.toml, model.keras (the network), best and last
+The stages and the trainer set-up are in `kdepth.training.stages`. Outputs go to RUN_DIR/NAME/stage{N}/: config.toml, model.keras (the network), best and last
 weights, backup/ (resume by running the same command again), log.csv, tensorboard/ and
 summary.json with the final metrics beside the mean-depth baseline.
 """
@@ -27,23 +22,12 @@ from kdepth.data.pipeline import dataset_from_config
 from kdepth.data.sources import open_source
 from kdepth.errors import DataError, KdepthError
 from kdepth.metrics import training_metrics
-from kdepth.models.network import (
-    build_network,
-    check_network_size,
-    layer_groups,
-    load_backbone_weights,
-)
+from kdepth.models import check_network_size, dtype_policy
+from kdepth.paths import MODEL_FILE
 from kdepth.training import callbacks as cb
 from kdepth.training import checkpoints, distribute
-from kdepth.training.trainer import DepthTrainer
+from kdepth.training.stages import build_trainer, scales_for_stage
 
-GROUPS = ("backbone", "coarse", "skip", "scale2", "scale3")
-# Which parameter groups train in each stage.
-STAGE_TRAINABLE = {
-    1: {"backbone", "coarse", "skip", "scale2"},
-    2: {"scale3"},
-    3: set(GROUPS),
-}
 OVERFIT_MAX_EPOCHS, OVERFIT_STEPS, OVERFIT_TARGET = 60, 10, 0.99
 MEAN_DEPTH_SAMPLES = 400  # training images the mean-depth baseline averages over
 METRIC_NAMES = ("delta1", "delta2", "delta3", "abs_rel", "rmse")
@@ -76,198 +60,24 @@ def stage_dir(config, stage):
     return Path(config.train.run_dir) / config.train.name / f"stage{stage}"
 
 
-def network_kwargs(config, scales):
-    m = config.model
-    return dict(
-        input_size=tuple(m.input_size),
-        scales=scales,
-        skips=m.skips,
-        output=m.output,
-        coarse_hidden=m.coarse_hidden,
-        dropout=m.dropout,
-        conv_init=m.conv_init,
-        depth_init=m.depth_init,
-    )
-
-
-def scales_for_stage(config, stage):
-    """Scales to build: stage 1 never builds scale 3 (it would not train and costs time)."""
-    if stage >= 2 and config.model.scales < 3:
-        raise KdepthError(
-            f"stage {stage} trains scale 3 but model.scales={config.model.scales}; "
-            "set --set model.scales=3 or train only --stage 1."
-        )
-    return min(config.model.scales, 2) if stage == 1 else config.model.scales
-
-
-def transfer_weights(source, target):
-    """Copies weights layer by layer, matched by layer name and shape. Returns (copied, total)."""
-    by_name = {layer.name: layer for layer in source.layers if layer.weights}
-    copied = total = 0
-    for layer in target.layers:
-        if not layer.weights:
-            continue
-        total += 1
-        src = by_name.get(layer.name)
-        if src is None:
-            continue
-        values = src.get_weights()
-        if [v.shape for v in values] != [tuple(w.shape) for w in layer.weights]:
-            raise KdepthError(
-                f"layer {layer.name!r}: saved weights have shapes {[v.shape for v in values]} but this "
-                f"model needs {[tuple(w.shape) for w in layer.weights]}; the model settings (input size, "
-                "skips, coarse_hidden) must match the run the weights come from."
-            )
-        layer.set_weights(values)
-        copied += 1
-    return copied, total
-
-
 def resolve_init(config, stage):
     """The model file a stage starts from, or None for stage 1 without --init."""
     if config.train.init:
         path = Path(config.train.init)
         if path.is_dir():
-            path = path / "model.keras"
+            path = path / MODEL_FILE
         if not path.is_file():
             raise KdepthError(f"--init {config.train.init!r}: no model file there; pass a .keras file or a stage directory.")
         return path
     if stage == 1:
         return None
-    previous = stage_dir(config, stage - 1) / "model.keras"
+    previous = stage_dir(config, stage - 1) / MODEL_FILE
     if not previous.is_file():
         raise KdepthError(
             f"stage {stage} starts from stage {stage - 1}'s weights, but {previous} does not exist. "
             f"Run `kdepth fit --stage {stage - 1}` first with the same --config and train.name, or pass --init PATH."
         )
     return previous
-
-
-def load_model_file(path):
-    """Loads a kdepth network saved as .keras, with a clear message for a foreign or broken file."""
-    import kdepth.models.network  # noqa: F401  (registers the custom layers)
-
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as e:  # Keras raises many types for a wrong or truncated file
-        # Names the file and says whether it is truncated, empty or another program's.
-        raise checkpoints.explain_load_error(path, e, what="kdepth model") from e
-
-
-def apply_stage(network, stage):
-    """Sets `trainable` per parameter group for a stage; returns {group: (trainable, params)}."""
-    summary = {}
-    for group, layers in layer_groups(network).items():
-        trainable = group in STAGE_TRAINABLE[stage]
-        for layer in layers:
-            layer.trainable = trainable
-        params = sum(int(np.prod(w.shape)) for layer in layers for w in layer.weights)
-        summary[group] = (trainable, params)
-    return summary
-
-
-def build_optimizer(config, network, stage):
-    """One optimizer per parameter group (the poster's per-layer rates) in a MultiOptimizer."""
-    t = config.train
-    scale = t.finetune_lr_scale if stage == 3 else 1.0
-    rates = {g: getattr(t, f"lr_{g}") * scale for g in GROUPS}
-    group_of = {}
-    for group, layers in layer_groups(network).items():
-        for layer in layers:
-            for w in layer.trainable_weights:
-                group_of[id(w)] = group
-
-    def make(group):
-        kwargs = dict(learning_rate=rates[group], clipnorm=t.clipnorm or None)
-        if t.optimizer == "sgd":
-            opt = keras.optimizers.SGD(momentum=0.9, weight_decay=t.weight_decay or None, **kwargs)
-        elif t.optimizer == "adamw":
-            opt = keras.optimizers.AdamW(weight_decay=t.weight_decay, **kwargs)
-        else:
-            opt = keras.optimizers.Adam(weight_decay=t.weight_decay or None, **kwargs)
-        if t.weight_decay:
-            opt.exclude_from_weight_decay(var_names=["bias"])
-        return opt
-
-    active = sorted({g for g in group_of.values()})
-    optimizers = {g: make(g) for g in active}
-    multi = keras.optimizers.MultiOptimizer(lambda v: optimizers[group_of[id(v)]])
-    if t.precision == "mixed_float16":
-        multi = keras.optimizers.LossScaleOptimizer(multi)
-    return multi, optimizers, {g: rates[g] for g in active}
-
-
-@contextlib.contextmanager
-def precision_policy(name):
-    """Sets the global Keras dtype policy (float32, mixed_bfloat16, ...) inside the block only."""
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
-@dataclasses.dataclass
-class TrainerParts:
-    """What `build_trainer` made: the compiled trainer, its network and the optimizer pieces."""
-
-    trainer: DepthTrainer
-    network: keras.Model
-    groups: dict  # {group: (trainable, params)}
-    sub_optimizers: dict  # {group: optimizer}, for the learning-rate schedule
-    rates: dict  # {group: base learning rate}
-    load_message: str
-
-
-def build_trainer(config, stage, *, init_path=None, jit_compile=None):
-    """Builds and compiles the trainer for a stage: the one set-up `fit` and the benchmarks share.
-
-    Builds the network for the stage's scales, loads `init_path` (matched by layer name) or the
-    configured backbone weights, freezes per `STAGE_TRAINABLE`, wraps it in a `DepthTrainer` with
-    the config's losses and compiles it with the per-group optimizer. Call it inside the dtype
-    policy (`precision_policy`) and, when distributing, inside the strategy's scope.
-
-    Args:
-        config: a resolved config.
-        stage: 1, 2 or 3.
-        init_path: a .keras file to start from, or None for the backbone weights.
-        jit_compile: overrides config.train.jit_compile.
-    """
-    t, loss = config.train, config.loss
-    init = load_model_file(init_path) if init_path is not None else None  # a bad file fails before the build
-    network = build_network(**network_kwargs(config, scales_for_stage(config, stage)), backbone_weights="none")
-    if init is None:
-        message = load_backbone_weights(network, config.model.backbone_weights)
-    else:
-        copied, total = transfer_weights(init, network)
-        if copied == 0:
-            names = [layer.name for layer in init.layers if layer.weights][:5]
-            raise KdepthError(
-                f"{init_path}: none of its layers {names} matches a layer of the kdepth network by name, so no weight "
-                "would be loaded; it is not a kdepth model. Pass a model.keras written by `kdepth fit` (or its stage folder)."
-            )
-        message = f"loaded {copied} of {total} weighted layers from {init_path} (matched by layer name)"
-    groups = apply_stage(network, stage)
-    trainer = DepthTrainer(
-        network,
-        flip_group=config.data.flip_group,
-        mse_weights={"scale1": loss.mse_scale1, "scale2": loss.mse_scale2, "scale3": loss.mse_scale3},
-        space=loss.space,
-        mse_root=loss.mse_root,
-        set_weight=loss.set_weight,
-        silog_weight=loss.silog_weight,
-        silog_lambda=loss.silog_lambda,
-        grad_weight=loss.grad_weight,
-        on_nan=t.on_nan,
-    )
-    optimizer, sub_optimizers, rates = build_optimizer(config, network, stage)
-    trainer.compile(
-        optimizer=optimizer,
-        steps_per_execution=t.steps_per_execution,
-        jit_compile=t.jit_compile if jit_compile is None else jit_compile,
-    )
-    return TrainerParts(trainer, network, groups, sub_optimizers, rates, message)
 
 
 def _metrics_on(network, dataset, steps, final_scale, constant=None):
@@ -323,6 +133,15 @@ def _count(source, split, what):
         raise KdepthError(f"{what}: {e}") from e
 
 
+def _overfit_config(config, overfit):
+    """Fit N images exactly: no augmentation or dropout-driven noise, one image per group."""
+    return config.replace(
+        data__jitter_brightness=0.0, data__jitter_contrast=0.0, data__jitter_saturation=0.0,
+        data__flip_group=["identity"], model__dropout=0.0, train__lr_schedule="constant",
+        train__warmup_epochs=0, train__batch_size=min(config.train.batch_size, overfit),
+    )
+
+
 def fit(config, *, stage=None, overfit=0, echo=print):
     """Trains one stage as the config says and returns a `FitResult`.
 
@@ -335,15 +154,9 @@ def fit(config, *, stage=None, overfit=0, echo=print):
     """
     stage = stage or config.train.stage
     config = config.replace(train__stage=stage)
-    t = config.train
     if overfit:
-        # Fit N images exactly: no augmentation or dropout-driven noise, one image per group.
-        config = config.replace(
-            data__jitter_brightness=0.0, data__jitter_contrast=0.0, data__jitter_saturation=0.0,
-            data__flip_group=["identity"], model__dropout=0.0, train__lr_schedule="constant",
-            train__warmup_epochs=0, train__batch_size=min(t.batch_size, overfit),
-        )
-        t = config.train
+        config = _overfit_config(config, overfit)
+    t = config.train
     # What the config alone says is wrong stops here, before a run folder is made: a network too
     # large to build, scales that do not fit the stage, a stage 2/3 without its previous stage.
     check_network_size(config.model.input_size, config.model.coarse_hidden)
@@ -360,10 +173,10 @@ def fit(config, *, stage=None, overfit=0, echo=print):
     checkpoints.check_writable(work)  # an unwritable or impossible run folder fails now, not after an epoch
     save_config(config, work)
 
-    with precision_policy(t.precision):
+    with dtype_policy(t.precision):
         keras.utils.set_random_seed(t.seed)
         try:
-            result = _fit(config, stage, overfit, work, echo, dist, init_path)
+            result = _fit(_Stage(config, stage, overfit, work, echo, dist, init_path))
         except tf.errors.OpError as e:
             # A bad file met in training, the first validation batch or the final metrics.
             data_error = _data_error(e)
@@ -372,121 +185,175 @@ def fit(config, *, stage=None, overfit=0, echo=print):
             raise data_error from e
     if work != out:
         distribute.remove_write_dir(work, dist)
-        result = dataclasses.replace(result, stage_dir=out, model_path=out / "model.keras")
+        result = dataclasses.replace(result, stage_dir=out, model_path=out / MODEL_FILE)
     return result
 
 
-def _fit(config, stage, overfit, out, echo, dist, init_path):
-    t, d = config.train, config.data
-    start = time.perf_counter()
-    source = open_source(d, config.model.input_size)
-    n_train = _count(source, d.train_split, "training split")
-    n_val = _count(source, d.val_split, "validation split")
+@dataclasses.dataclass
+class _Stage:
+    """What one stage's steps share: the settings, then what each step adds."""
 
-    with dist.strategy.scope():  # model, optimizer and compile under the strategy
-        parts = build_trainer(config, stage, init_path=init_path)
-    echo(parts.load_message)
-    if dist.name != "default":
-        echo(dist.describe())
-    trainer, network, groups = parts.trainer, parts.network, parts.groups
-    sub_optimizers, rates = parts.sub_optimizers, parts.rates
-    _check_space(out, config, trainer, network, keeps_checkpoints=not overfit)
+    config: object
+    stage: int
+    overfit: int
+    out: Path
+    echo: object
+    dist: object
+    init_path: Path | None
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+    source: object = None
+    n_train: int = 0
+    n_val: int = 0
+    parts: object = None
+    steps: int = 0
+    epochs: int = 0
+    val_split: str = ""
+    train_ds: object = None
+    val_ds: object = None
 
-    if overfit:
-        if overfit > n_train:
-            raise KdepthError(f"--overfit {overfit} needs that many training images; the split has {n_train}.")
-        source = _FirstN(source, d.train_split, overfit)
-        n_train = overfit
-    batch_images = t.batch_size * len(d.flip_group)
-    steps = t.steps_per_epoch or max(1, n_train // t.batch_size)
-    val_steps = t.val_steps or max(1, math.ceil(n_val / t.batch_size))
-    train_ds, _ = dataset_from_config(config, d.train_split, training=True, source=source, repeat=True)
-    train_ds = distribute.shard_by_data(train_ds, dist)
-    val_split = d.train_split if overfit else d.val_split
+
+def _fit(run):
+    """One stage in named steps: data, trainer, datasets, callbacks, training, results."""
+    _open_data(run)
+    _build(run)
+    _datasets(run)
+    callbacks, guards = _callbacks(run)
+    history = _train(run, callbacks, guards["backup"])
+    _report_skips(run, guards["nan"])
+    return _finish(run, history, guards["collapse"])
+
+
+def _open_data(run):
+    d = run.config.data
+    run.source = open_source(d, run.config.model.input_size)
+    run.n_train = _count(run.source, d.train_split, "training split")
+    run.n_val = _count(run.source, d.val_split, "validation split")
+
+
+def _build(run):
+    with run.dist.strategy.scope():  # model, optimizer and compile under the strategy
+        run.parts = build_trainer(run.config, run.stage, init_path=run.init_path)
+    run.echo(run.parts.load_message)
+    if run.dist.name != "default":
+        run.echo(run.dist.describe())
+    _check_space(run.out, run.config, run.parts.trainer, run.parts.network, keeps_checkpoints=not run.overfit)
+
+
+def _datasets(run):
+    """The training and validation datasets, and the epoch plan; echoes the stage summary."""
+    config, t, d = run.config, run.config.train, run.config.data
+    if run.overfit:
+        if run.overfit > run.n_train:
+            raise KdepthError(f"--overfit {run.overfit} needs that many training images; the split has {run.n_train}.")
+        run.source = _FirstN(run.source, d.train_split, run.overfit)
+        run.n_train = run.overfit
+    run.steps = t.steps_per_epoch or max(1, run.n_train // t.batch_size)
+    run.epochs = t.epochs
+    train_ds, _ = dataset_from_config(config, d.train_split, training=True, source=run.source, repeat=True)
+    run.train_ds = distribute.shard_by_data(train_ds, run.dist)
+    run.val_split = d.train_split if run.overfit else d.val_split
     # Validation sees the same flip groups as training, so val_loss and val_set compare with
-    # their training values; the final figures below use the plain images.
-    val_ds, _ = dataset_from_config(config, val_split, training=False, source=source, flip_group=d.flip_group)
-    val_ds = distribute.shard_by_data(val_ds, dist)
+    # their training values; the final figures use the plain images.
+    val_ds, _ = dataset_from_config(config, run.val_split, training=False, source=run.source, flip_group=d.flip_group)
+    run.val_ds = distribute.shard_by_data(val_ds, run.dist)
+    batch_images = t.batch_size * len(d.flip_group)
+    run.echo(_stage_summary(run.stage, run.parts, config, run.steps, batch_images, run.n_train, run.n_val))
 
-    echo(_stage_summary(stage, groups, trainer, network, config, steps, batch_images, n_train, n_val))
 
-    sample_images, sample_target = next(iter(val_ds.take(1)))
+def _callbacks(run):
+    """The stage's callbacks, in the order they must run; returns (list, {name: callback})."""
+    t, trainer, network, out = run.config.train, run.parts.trainer, run.parts.network, run.out
+    sample_images, sample_target = next(iter(run.val_ds.take(1)))
     trainer(sample_images[:1])  # BackupAndRestore needs a built model
-    sample_images = sample_images[: max(t.tensorboard_images, 1), 0]
-    sample_depths = (sample_target["depth"] * sample_target["mask"])[: max(t.tensorboard_images, 1), 0]
-    collapse = cb.CollapseGuard(network, sample_images, trainer.final_scale, t.collapse_std, echo=echo)
-    backup = cb.Backup(
-        out / "backup", steps, save_every=t.backup_every, batch_size=t.batch_size, interrupt=cb.InterruptRequest(echo), echo=echo
+    n = max(t.tensorboard_images, 1)
+    images, depths = sample_images[:n, 0], (sample_target["depth"] * sample_target["mask"])[:n, 0]
+    guards = {
+        "collapse": cb.CollapseGuard(network, images, trainer.final_scale, t.collapse_std, echo=run.echo),
+        "nan": cb.NonFiniteGuard(trainer.term_trackers, on_nan=t.on_nan),
+        "backup": None,
+    }
+    schedule = cb.EpochLearningRate(
+        run.parts.sub_optimizers, run.parts.rates, run.steps, schedule=t.lr_schedule, epochs=t.epochs,
+        decay_rate=t.lr_decay_rate, decay_epochs=t.lr_decay_epochs, min_ratio=t.lr_min_ratio, warmup_epochs=t.warmup_epochs,
     )
-    nan_guard = cb.NonFiniteGuard(trainer.term_trackers, on_nan=t.on_nan)
-    callbacks = [
-        cb.ResumedEpoch(steps),  # first: ends an epoch resumed mid-way
-        cb.EpochLearningRate(
-            sub_optimizers, rates, steps, schedule=t.lr_schedule, epochs=t.epochs, decay_rate=t.lr_decay_rate,
-            decay_epochs=t.lr_decay_epochs, min_ratio=t.lr_min_ratio, warmup_epochs=t.warmup_epochs,
-        ),
-        nan_guard,
-        collapse,
+    callbacks = [schedule, guards["nan"], guards["collapse"]]
+    if t.tensorboard_images:
+        callbacks.append(cb.DepthImages(network, images, depths, out / "tensorboard" / "images"))
+    callbacks += [
         keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
         keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
-        cb.AtomicCheckpoint(out / "last.weights.h5"),
-        cb.AtomicCheckpoint(out / "best.weights.h5", monitor="val_delta1", mode="max"),
-        backup,  # last: after NonFiniteGuard, so a non-finite batch is never backed up
     ]
-    if t.tensorboard_images:
-        callbacks.insert(4, cb.DepthImages(network, sample_images, sample_depths, out / "tensorboard" / "images"))
-    epochs = t.epochs
-    if overfit:
+    if run.overfit:
         # Until fitted: stop once the N images are predicted within 1.25x almost everywhere.
         # A pipeline check, not a run to resume: no per-epoch checkpoints or backups.
-        epochs, steps = OVERFIT_MAX_EPOCHS, OVERFIT_STEPS
-        callbacks = [c for c in callbacks if not isinstance(c, (cb.AtomicCheckpoint, cb.Backup, cb.ResumedEpoch))]
+        run.epochs, run.steps = OVERFIT_MAX_EPOCHS, OVERFIT_STEPS
         callbacks.append(cb.StopWhenFitted("val_delta1", OVERFIT_TARGET))
-    if dist.name == "multiworker":  # once the backup is restored: did every worker restore the same state?
-        callbacks.append(distribute.WorkersAgree(dist, out if dist.is_chief else out.parent))
+    else:
+        guards["backup"] = cb.Backup(
+            out / "backup", run.steps, save_every=t.backup_every, batch_size=t.batch_size,
+            interrupt=cb.InterruptRequest(run.echo), echo=run.echo,
+        )
+        callbacks = [cb.ResumedEpoch(run.steps)] + callbacks + [  # first: ends an epoch resumed mid-way
+            cb.AtomicCheckpoint(out / "last.weights.h5"),
+            cb.AtomicCheckpoint(out / "best.weights.h5", monitor="val_delta1", mode="max"),
+            guards["backup"],  # last: after NonFiniteGuard, so a non-finite batch is never backed up
+        ]
+    if run.dist.name == "multiworker":  # once the backup is restored: did every worker restore the same state?
+        callbacks.append(distribute.WorkersAgree(run.dist, out if run.dist.is_chief else out.parent))
+    return callbacks, guards
 
+
+def _train(run, callbacks, backup):
+    """Resumes from the backup if there is one, then `trainer.fit`; returns its history."""
+    t = run.config.train
     # Ctrl-C / SIGTERM from here on: back up at the next batch end and stop cleanly.
-    interrupt = backup.interrupt if backup in callbacks else contextlib.nullcontext()
+    interrupt = backup.interrupt if backup is not None else contextlib.nullcontext()
     # A bad file met in here surfaces as a TF error; `fit` turns it into a DataError.
     with interrupt:
-        initial_epoch = 0
-        if backup in callbacks:
-            initial_epoch, train_ds = _resume(backup, trainer, train_ds, callbacks, steps, epochs, dist, echo)
-        history = trainer.fit(
+        initial_epoch, train_ds = 0, run.train_ds
+        if backup is not None:
+            initial_epoch, train_ds = _resume(backup, run.parts.trainer, train_ds, callbacks, run.steps, run.epochs, run.dist, run.echo)
+        val_steps = t.val_steps or max(1, math.ceil(run.n_val / t.batch_size))
+        return run.parts.trainer.fit(
             train_ds,
-            epochs=epochs,
+            epochs=run.epochs,
             initial_epoch=initial_epoch,
-            steps_per_epoch=steps,
-            validation_data=val_ds,
+            steps_per_epoch=run.steps,
+            validation_data=run.val_ds,
             validation_steps=val_steps,
             callbacks=callbacks,
             verbose=t.verbose,
             shuffle=False,  # the pipeline shuffles, seeded
         )
-    if getattr(source, "skipped", None):
-        echo(f"skipped {len(source.skipped)} bad samples (data.skip_bad_files=true); each is logged above.")
-    if nan_guard.skipped_total:
-        echo(f"skipped the update of {nan_guard.skipped_total} batches with a non-finite loss (--on-nan skip-batch); see skipped_batches in log.csv.")
-    model_path = out / "model.keras"
-    checkpoints.save_model(network, model_path)
 
-    mean_depth, train_metrics, val_metrics, baseline = final_metrics(config, network, source, trainer.final_scale, val_split)
+
+def _report_skips(run, nan_guard):
+    if getattr(run.source, "skipped", None):
+        run.echo(f"skipped {len(run.source.skipped)} bad samples (data.skip_bad_files=true); each is logged above.")
+    if nan_guard.skipped_total:
+        run.echo(
+            f"skipped the update of {nan_guard.skipped_total} batches with a non-finite loss (--on-nan skip-batch); "
+            "see skipped_batches in log.csv."
+        )
+
+
+def _finish(run, history, collapse):
+    """Saves the network, measures the final figures and writes summary.json; returns the result."""
+    network, final_scale = run.parts.network, run.parts.trainer.final_scale
+    model_path = run.out / MODEL_FILE
+    checkpoints.save_model(network, model_path)
+    mean_depth, train, val, baseline = final_metrics(run.config, network, run.source, final_scale, run.val_split)
     result = FitResult(
-        stage_dir=out, model_path=model_path, train=train_metrics, val=val_metrics, baseline=baseline,
-        mean_depth=mean_depth, epochs_run=len(history.epoch), seconds=time.perf_counter() - start,
+        stage_dir=run.out, model_path=model_path, train=train, val=val, baseline=baseline,
+        mean_depth=mean_depth, epochs_run=len(history.epoch), seconds=time.perf_counter() - run.start,
         collapsed_epochs=collapse.collapsed_epochs,
     )
-    checkpoints.write_text(
-        out / "summary.json",
-        json.dumps(
-            {
-                "stage": stage, "overfit": overfit, "train": train_metrics, "val": val_metrics,
-                "baseline": baseline, "mean_depth": mean_depth, "epochs": result.epochs_run,
-                "seconds": round(result.seconds, 1), "collapsed_epochs": result.collapsed_epochs,
-            },
-            indent=2,
-        )
-    )
+    summary = {
+        "stage": run.stage, "overfit": run.overfit, "train": train, "val": val,
+        "baseline": baseline, "mean_depth": mean_depth, "epochs": result.epochs_run,
+        "seconds": round(result.seconds, 1), "collapsed_epochs": result.collapsed_epochs,
+    }
+    checkpoints.write_text(run.out / "summary.json", json.dumps(summary, indent=2))
     return result
 
 
@@ -535,8 +402,9 @@ def _data_error(error):
     )
 
 
-def _stage_summary(stage, groups, trainer, network, config, steps, batch_images, n_train, n_val):
-    lines = [f"stage {stage}: {trainer.final_scale} is the output; outputs {list(network.output_names)}"]
+def _stage_summary(stage, parts, config, steps, batch_images, n_train, n_val):
+    network, groups = parts.network, parts.groups
+    lines = [f"stage {stage}: {network.final_scale} is the output; outputs {list(network.scale_names)}"]
     lines.append(f"{'group':<10}{'trains':>8}{'params':>14}")
     for group, (trainable, params) in groups.items():
         lines.append(f"{group:<10}{'yes' if trainable else 'frozen':>8}{params:>14,}")

@@ -1,7 +1,7 @@
 """The trainer model: owns the loop (losses, metrics, flip groups) around a plain depth network.
 
 After the keras-io trainer pattern: `DepthTrainer` wraps the network built by
-`kdepth.models.network.build_network` and overrides `train_step` / `test_step`. The network owns
+`kdepth.models.DepthNetwork` and overrides `train_step` / `test_step`. The network owns
 the math and is what gets saved and exported; the trainer only exists while fitting.
 """
 
@@ -11,10 +11,10 @@ import tensorflow as tf
 from kdepth import flips
 from kdepth.losses import GradientMatchingLoss, MaskedMSE, ScaleInvariantLoss, SetLoss
 from kdepth.metrics import training_metrics
+from kdepth.models import SCALE_NAMES
 from kdepth.ops import masked_resize
 from kdepth.training.distribute import all_reduce_and_clip, logs_for_keras
 
-SCALES = ("scale1", "scale2", "scale3")
 ON_NAN = ("stop", "skip-batch")  # what a non-finite loss does: stop training, or skip the batch's update
 
 
@@ -41,7 +41,7 @@ class DepthTrainer(keras.Model):
     size, with the ground truth on valid pixels.
 
     Args:
-        network: functional model with outputs {"scale1", "scale2"[, "scale3"]} in metres.
+        network: a `kdepth.models.DepthNetwork` (outputs {"scale1", "scale2"[, "scale3"]} in metres).
         flip_group: flip names of the copies in each element.
         mse_weights: {scale name: weight}; scales missing from the network are ignored.
         space: "log" or "linear" for the MSE and set loss.
@@ -72,12 +72,12 @@ class DepthTrainer(keras.Model):
         self.on_nan = on_nan
         self.network = network
         self.flip_group = flips.validate_group(flip_group)
-        built = [s for s in SCALES if s in network.output_names]
-        self.final_scale = built[-1]
+        built = network.scale_names
+        self.final_scale = network.final_scale
         weights = dict(mse_weights or {self.final_scale: 1.0})
-        unknown = set(weights) - set(SCALES)
+        unknown = set(weights) - set(SCALE_NAMES)
         if unknown:
-            raise ValueError(f"mse_weights has {sorted(unknown)}; allowed keys: {list(SCALES)}.")
+            raise ValueError(f"mse_weights has {sorted(unknown)}; allowed keys: {list(SCALE_NAMES)}.")
         self.mse_weights = {s: float(weights[s]) for s in built if weights.get(s, 0.0) > 0}
         self.space = space
         self.mse_root = bool(mse_root)

@@ -1,0 +1,184 @@
+"""Backbones of the depth network: how each is built, which of its layers the scales tap, and
+where its ImageNet weights come from.
+
+A backbone is a `keras.applications` model built on the network's own preprocessed image
+tensor, so its layers become layers of the network under their Keras names. Its feature maps
+are selected by layer name (`BackboneSpec.taps`), never by index:
+
+- ``deep``: the deepest features, fed to the scale-1 coarse head;
+- ``skip1_1``: the 1/8 feature map (skip 1.1 into scale 2);
+- ``skip1_2``: the 1/16 feature map (skip 1.2 into scale 2).
+
+The names of the backbones are the choices of the config key `model.backbone`.
+"""
+
+import dataclasses
+import os
+import socket
+from pathlib import Path
+
+import keras
+
+from kdepth.errors import ConfigError, KdepthError
+from kdepth.models.layers import CaffePreprocess
+
+DOWNLOAD_TIMEOUT_S = 20  # per socket operation; an offline machine fails at once anyway
+WEIGHT_CHOICES = "'auto', 'imagenet', 'none' or a path to a .h5 file"
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """What the network needs to know of one backbone.
+
+    Attributes:
+        name: the `model.backbone` value, e.g. "vgg16".
+        application: the `keras.applications` constructor.
+        taps: {"deep", "skip1_1", "skip1_2"} -> layer name of that feature map.
+        preprocess: makes the layer that turns raw RGB 0-255 into the backbone's input range.
+        weights_file: file name of the ImageNet notop weights in ~/.keras/models.
+        weights_url: where Keras downloads that file from.
+        weights_md5: its md5, as `keras.applications` checks it.
+        layer_prefixes: name prefixes of the backbone's layers (the "backbone" parameter group).
+    """
+
+    name: str
+    application: object
+    taps: dict
+    preprocess: object
+    weights_file: str
+    weights_url: str
+    weights_md5: str
+    layer_prefixes: tuple
+
+    def build(self, tensor):
+        """The backbone built on `tensor` (the preprocessed image) with random weights."""
+        return self.application(include_top=False, weights=None, input_tensor=tensor)
+
+    def reference(self, input_shape, weights):
+        """A stand-alone copy of the backbone loading `weights` (a file path)."""
+        return self.application(include_top=False, weights=weights, input_shape=input_shape)
+
+
+_VGG_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+VGG16 = BackboneSpec(
+    name="vgg16",
+    application=keras.applications.VGG16,
+    taps={"deep": "block5_pool", "skip1_1": "block3_pool", "skip1_2": "block4_pool"},
+    # VGG16's ImageNet weights expect "caffe" input: BGR minus the ImageNet means.
+    preprocess=lambda: CaffePreprocess(dtype="float32", name="preprocess"),
+    weights_file=_VGG_NOTOP_FILE,
+    # Same origin and md5 as keras.applications.VGG16(weights="imagenet", include_top=False).
+    weights_url="https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" + _VGG_NOTOP_FILE,
+    weights_md5="6d6bbae143d832006294945121d1f1fc",
+    layer_prefixes=("block",),
+)
+
+BACKBONES = {spec.name: spec for spec in (VGG16,)}
+
+
+def get_backbone(name):
+    """The `BackboneSpec` called `name`; raises ConfigError naming the choices otherwise."""
+    if name not in BACKBONES:
+        raise ConfigError(f"model.backbone={name!r} is not valid; allowed: {list(BACKBONES)}.")
+    return BACKBONES[name]
+
+
+def keras_models_dir():
+    """~/.keras/models (or $KERAS_HOME/models), read at call time so tests can redirect it."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser() / "models"
+
+
+def _copy_from_file(network, spec, path):
+    """Loads a backbone weights file into a reference backbone and copies it into `network` by name."""
+    h, w = network.input_size
+    try:
+        # Accepts the legacy Keras notop .h5 (the ImageNet file) and Keras 3 .weights.h5 files.
+        ref = spec.reference((h, w, 3), str(path))
+    except Exception as err:  # h5py/keras raise ValueError, OSError, KeyError... for a bad file
+        raise KdepthError(
+            f"{path}: cannot load {spec.name.upper()} weights from this file ({type(err).__name__}: {err}). It must be "
+            f"a {spec.name.upper()} include_top=False weights file: the Keras notop file {spec.weights_file} or a "
+            f".weights.h5 saved from keras.applications.{spec.application.__name__}(include_top=False)."
+        ) from None
+    copied = 0
+    for ref_layer in ref.layers:
+        if not ref_layer.weights:
+            continue
+        try:
+            target = network.get_layer(ref_layer.name)
+        except ValueError:
+            raise KdepthError(
+                f"model {network.name!r} has no layer {ref_layer.name!r} to receive {spec.name.upper()} weights from "
+                f"{path}; load_backbone_weights needs a kdepth DepthNetwork with backbone={spec.name!r}."
+            ) from None
+        target.set_weights(ref_layer.get_weights())
+        copied += 1
+    return copied
+
+
+def _download(spec, cached):
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # urlretrieve has no timeout of its own
+    try:
+        return keras.utils.get_file(
+            spec.weights_file, spec.weights_url, file_hash=spec.weights_md5,
+            cache_dir=str(cached.parent.parent), cache_subdir="models",
+        )
+    except Exception as err:
+        raise KdepthError(
+            f"backbone_weights=imagenet: {cached} does not exist and downloading it from {spec.weights_url} failed "
+            f"({type(err).__name__}: {err}); no network seems reachable. Copy {spec.weights_file} into "
+            f"{cached.parent}, or pass its path as model.backbone_weights, or use backbone_weights=auto/none "
+            "to start from random weights."
+        ) from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+
+
+def load_backbone_weights(network, weights):
+    """Sets the backbone layers of a `DepthNetwork` from a weights source, copying by layer name.
+
+    Args:
+        network: a `kdepth.models.DepthNetwork`.
+        weights: "none" (keep random weights), "imagenet" (the cached Keras notop file, else a
+            download), "auto" (the cached file if present, else random weights; never
+            downloads) or a path to a notop weights file (legacy Keras .h5 like the ImageNet
+            file, or a Keras 3 .weights.h5).
+
+    Returns:
+        One sentence saying what the backbone starts from.
+
+    Raises:
+        ConfigError: `weights` is not a string or path.
+        KdepthError: the file does not exist or cannot be read, or "imagenet" is not cached
+            and the download fails (e.g. no network).
+    """
+    weights = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
+    if not isinstance(weights, str):
+        raise ConfigError(f"backbone_weights={weights!r} is not valid; allowed: {WEIGHT_CHOICES}.")
+    spec = get_backbone(network.backbone)
+    label = spec.name.upper()
+    cached = keras_models_dir() / spec.weights_file
+    if weights == "none":
+        return f"{label} starts from random weights (backbone_weights=none)"
+    if weights == "auto":
+        if not cached.is_file():
+            return f"ImageNet {label} weights not found in {cached.parent}; {label} starts from random weights"
+        weights = "imagenet"
+    if weights == "imagenet":
+        if cached.is_file():
+            # A file the user placed by hand is used as is (no md5 check): a wrong file fails to load.
+            n = _copy_from_file(network, spec, cached)
+            return f"{label} starts from ImageNet weights ({n} layers from {cached})"
+        path = _download(spec, cached)
+        n = _copy_from_file(network, spec, path)
+        return f"{label} starts from ImageNet weights ({n} layers, downloaded to {path})"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise KdepthError(
+            f"backbone_weights={weights!r}: file {path} does not exist. Allowed: 'auto', 'imagenet', 'none' or the path "
+            f"of a {label} notop weights file such as {spec.weights_file}."
+        )
+    n = _copy_from_file(network, spec, path)
+    return f"{label} starts from the weights in {path} ({n} layers)"
