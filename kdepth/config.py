@@ -124,15 +124,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "verbose": Key(1, "int", "Keras progress output: 0 silent, 1 bar, 2 a line per epoch", min=0, max=2),
     },
     "export": {
-        "quantize": Key(["none"], "str_list", "TFLite variants: none, fp16, dynamic, int8"),
+        "quantize": Key(["none"], "str_list", "TFLite variants: none, fp16, dynamic, int8", ("none", "fp16", "dynamic", "int8")),
         "representative_samples": Key(64, "int", "int8: calibration images from the train split", min=1),
     },
     "eval": {
         "protocol": Key("eigen", "str", "eigen: crop + 1e-3..10 m on 480x640; full: every valid pixel", ("eigen", "full")),
         "flip_tta": Key(False, "bool", "average the prediction with its left-right flip"),
         "align": Key("none", "str", "align predictions to ground truth first (relative-depth models)", ("none", "median", "scale-shift")),
+        "input_range": Key("0-255", "str", "pixel range the model is fed: 0-255 (kdepth's models) or 0-1", ("0-255", "0-1")),
     },
 }
+
+
+def choices(section, name):
+    """The allowed values of a config key: the one list every module and CLI option uses."""
+    return SCHEMA[section][name].choices
 
 
 def _closest(name, candidates):
@@ -199,6 +205,9 @@ def _coerce(section, name, key, value):
     elif kind == "str_list":
         if not isinstance(value, list) or any(not isinstance(v, str) for v in value):
             raise bad()
+        for item in value:
+            if key.choices and item not in key.choices:
+                raise ConfigError(f"{where}: received {item!r} in {value!r}; allowed: each {_describe(key)}.{_closest(item, key.choices)}")
         value = list(value)
     elif kind == "num_list":
         if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):

@@ -31,13 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from kdepth.config import choices
 from kdepth.errors import KdepthError
 from kdepth.inference import resize_depth, resize_image
 
 METRICS = ("delta1", "delta2", "delta3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
 HIGHER_IS_BETTER = ("delta1", "delta2", "delta3")
-PROTOCOLS = ("eigen", "full")
-ALIGNS = ("none", "median", "scale-shift")
+PROTOCOLS = choices("eval", "protocol")
+ALIGNS = choices("eval", "align")
 # The Eigen crop on NYU's 480x640 (rows top:bottom, cols left:right).
 EIGEN_SIZE = (480, 640)
 EIGEN_CROP = (45, 471, 41, 601)
@@ -347,6 +348,16 @@ def default_split(source, wanted="test"):
     return splits[0]
 
 
+def _predict_batch(model, samples, flip_tta, min_depth):
+    """(ground truth, prediction, flip consistency) per sample; one model call for the images and their flips."""
+    x = np.stack([resize_image(rgb, model.input_size) for rgb, _ in samples])
+    both = model.predict(np.concatenate([x, x[:, :, ::-1]]))
+    preds, preds_of_flipped = both[: len(x)], both[len(x):]
+    for (_, gt), pred, flipped in zip(samples, preds, preds_of_flipped, strict=True):
+        c = flip_consistency(pred, flipped, min_depth)
+        yield gt, (0.5 * (pred + flipped[:, ::-1]) if flip_tta else pred), c
+
+
 def evaluate(model, source, split=None, *, protocol="eigen", flip_tta=False, align="none", limit=None, progress=None,
              min_depth=1e-3, max_depth=10.0, batch_size=8, config=None):
     """Evaluates a depth model on a split of a source (module docstring: protocol and flip consistency).
@@ -391,14 +402,7 @@ def evaluate(model, source, split=None, *, protocol="eigen", flip_tta=False, ali
     for first in range(0, n, batch_size):
         indices = range(first, min(n, first + batch_size))
         samples = [source.load(split, i) for i in indices]
-        x = np.stack([resize_image(rgb, model.input_size) for rgb, _ in samples])
-        # One call for the images and their left-right flips.
-        both = model.predict(np.concatenate([x, x[:, :, ::-1]]))
-        preds, preds_of_flipped = both[: len(x)], both[len(x):]
-        for j, i in enumerate(indices):
-            gt = samples[j][1]
-            c = flip_consistency(preds[j], preds_of_flipped[j], min_depth)
-            pred = 0.5 * (preds[j] + preds_of_flipped[j][:, ::-1]) if flip_tta else preds[j]
+        for i, (gt, pred, c) in zip(indices, _predict_batch(model, samples, flip_tta, min_depth), strict=True):
             pixels = _valid_pixels(gt, resize_depth(pred, gt.shape), protocol, min_depth, max_depth, align)
             if pixels is None:
                 skipped_names.append(names[i])

@@ -56,11 +56,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from kdepth.config import choices
 from kdepth.errors import KdepthError
 from kdepth.models.depth_network import serving_graph
 from kdepth.paths import resolve_model_path, run_config_path
 
-QUANTIZATIONS = ("none", "fp16", "dynamic", "int8")
+QUANTIZATIONS = choices("export", "quantize")
 # Per-pixel gate |form - keras| <= rtol * max(keras depth, 1 m), for the float forms only.
 # SavedModel runs the same TF kernels as Keras (measured ~1e-6); TFLite float32 uses other
 # kernels (XNNPACK, measured ~1e-6); fp16 rounds the weights to 11 significant bits (~5e-4).

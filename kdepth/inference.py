@@ -33,11 +33,12 @@ are not (they are normally enlarged, as BTS and AdaBins do).
 
 import numpy as np
 
+from kdepth.config import choices
 from kdepth.errors import KdepthError
 from kdepth.paths import resolve_model_path
 
 KINDS = ("keras", "saved_model", "tflite")
-INPUT_RANGES = ("0-255", "0-1")
+INPUT_RANGES = choices("eval", "input_range")
 BATCH = 8  # images per call for Keras and SavedModel models: bounds memory at large input sizes
 
 

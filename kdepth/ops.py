@@ -8,7 +8,9 @@ ops here are plain TensorFlow ops: they run eagerly, inside `tf.function` and in
 
 import tensorflow as tf
 
-RESIZE_METHODS = ("masked_area", "nearest")
+from kdepth.config import choices
+
+RESIZE_METHODS = choices("data", "depth_resize")
 
 # Area-resized mask fractions carry float32 rounding (~1e-6 for non-integer ratios); without a
 # tolerance an output pixel whose footprint is exactly half valid could fall on either side of

@@ -414,7 +414,7 @@ class _DiskFull:
 
     kind, path, input_size = "stub", "stub", (16, 16)
 
-    def predict_image(self, rgb):
+    def predict(self, rgb):
         return np.full(rgb.shape[:2], 2.0, np.float32)
 
 

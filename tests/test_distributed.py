@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
+from conftest import TWO_CPUS
 
 from kdepth.cli import main
 from kdepth.errors import ConfigError
@@ -46,11 +47,6 @@ import json, os, sys
 import numpy as np
 """
 
-TWO_CPUS = """
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-"""
 
 
 def _run_script(script, env=None, timeout=SUBPROCESS_TIMEOUT):

@@ -1,8 +1,5 @@
 """Loss terms vs numpy references, on depth maps with holes (0, NaN, inf, all-hole samples)."""
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -338,8 +335,6 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
     import json, sys
     import numpy as np
     import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from kdepth import flips
     from kdepth.losses import MaskedMSE, SetLoss, ScaleInvariantLoss, GradientMatchingLoss
 
@@ -390,17 +385,8 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
 )
 
 
-def run_two_replica_script(script):
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT ") :])
-
-
-def test_losses_sum_over_two_replicas_equals_single_device_loss():
-    results = run_two_replica_script(DISTRIBUTED_SCRIPT)
+def test_losses_sum_over_two_replicas_equals_single_device_loss(on_two_cpus):
+    results = on_two_cpus(DISTRIBUTED_SCRIPT)
     assert set(results) == {
         "masked_mse_log",
         "masked_mse_linear",

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from kdepth.errors import ConfigError, KdepthError
-from kdepth.models import DepthNetwork, load_backbone_weights, scale_sizes
+from kdepth.models import DepthNetwork, load_backbone_weights, load_network_file, scale_sizes
 from kdepth.models.backbones import VGG16
 from kdepth.models.depth_network import group_layers
 from kdepth.models.layers import CaffePreprocess, DepthActivation
@@ -375,3 +375,69 @@ def test_imagenet_offline_raises_a_clear_error(tmp_path, monkeypatch):
         load_backbone_weights(model, "imagenet")
     text = str(info.value)
     assert VGG_NOTOP_FILE in text and str(tmp_path / "models") in text and "Name or service not known" in text
+
+
+# ---------------------------------------------------------------- the network describes itself
+
+
+def test_config_round_trip_rebuilds_the_same_network(tiny_network, rgb_images):
+    network = tiny_network(scales=2, skips=False, output="softplus", depth_init=3.0, dropout=0.25)
+    config = network.get_config()
+    assert config == {
+        "name": "kdepth", "trainable": True, "input_size": [32, 32], "scales": 2, "skips": False,
+        "backbone": "vgg16", "output": "softplus", "coarse_hidden": 16, "dropout": 0.25,
+        "conv_init": "he_normal", "depth_init": 3.0, "dtype": "float32",
+    }
+    rebuilt = DepthNetwork.from_config(config)
+    assert rebuilt.get_config() == config
+    assert [layer.name for layer in rebuilt.layers] == [layer.name for layer in network.layers]
+    rebuilt.set_weights(network.get_weights())
+    x = rgb_images(2)
+    np.testing.assert_array_equal(rebuilt(x)["scale2"], network(x)["scale2"])
+
+
+def test_the_network_answers_its_size_scales_and_serving_model(tiny_network, rgb_images):
+    network = tiny_network(input_size=(33, 45), scales=2)
+    assert network.input_size == (33, 45)
+    assert network.scales == 2 and network.scale_names == ("scale1", "scale2") and network.final_scale == "scale2"
+    serving = network.serving_model()
+    x = rgb_images(2, 33, 45)
+    depth = serving(x)
+    assert tuple(depth.shape) == (2, 33, 45, 1)
+    expected = tf.image.resize(network(x)["scale2"], (33, 45), method="bilinear")
+    np.testing.assert_allclose(depth, expected, rtol=1e-6)
+
+
+def test_a_saved_network_loads_as_a_depth_network_with_its_run_config(tmp_path, tiny_network):
+    from kdepth.config import defaults, save_config
+    from kdepth.models import load
+
+    stage = tmp_path / "runs" / "r" / "stage1"
+    network = tiny_network(scales=2)
+    stage.mkdir(parents=True)
+    network.save(stage / "model.keras")
+    save_config(defaults().replace(train__name="r"), stage)
+    for path in (tmp_path / "runs" / "r", stage, stage / "model.keras"):
+        loaded, config = load(path)
+        assert isinstance(loaded, DepthNetwork) and loaded.get_config() == network.get_config()
+        assert config.train.name == "r"
+    (tmp_path / "bare").mkdir()
+    network.save(tmp_path / "bare" / "net.keras")
+    assert load(tmp_path / "bare" / "net.keras")[1] is None
+
+
+def test_a_kdepth_0_1_functional_network_is_rebuilt_as_a_depth_network(tmp_path, tiny_network, rgb_images):
+    network = tiny_network(scales=3)
+    legacy = keras.Model(network.inputs, network.output, name="kdepth")  # how kdepth 0.1 saved it
+    legacy.save(tmp_path / "old.keras")
+    loaded = load_network_file(tmp_path / "old.keras")
+    assert isinstance(loaded, DepthNetwork) and loaded.scales == 3 and loaded.input_size == (32, 32)
+    x = rgb_images(1)
+    np.testing.assert_array_equal(loaded(x)["scale3"], network(x)["scale3"])
+
+
+def test_every_configurable_backbone_has_a_builder():
+    from kdepth.config import choices
+    from kdepth.models import BACKBONES
+
+    assert tuple(BACKBONES) == choices("model", "backbone")

@@ -40,7 +40,7 @@ class StubModel:
     def __init__(self, depth_fn, input_size=(16, 16)):
         self.depth_fn, self.input_size = depth_fn, input_size
 
-    def predict_image(self, rgb):
+    def predict(self, rgb):
         return self.depth_fn(*rgb.shape[:2]).astype(np.float32)
 
 

@@ -15,6 +15,7 @@ from kdepth.models.loader import (
     find_network_file,
     float32_copy,
     load,
+    load_keras_file,
     load_network_file,
     transfer_weights,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "float32_copy",
     "load",
     "load_backbone_weights",
+    "load_keras_file",
     "load_network_file",
     "scale_sizes",
     "serving_graph",

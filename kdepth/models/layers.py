@@ -10,13 +10,14 @@ import math
 import keras
 from keras import ops
 
+from kdepth.config import choices
 from kdepth.errors import ConfigError
 
 # VGG16 "caffe" preprocessing: per-channel ImageNet means in BGR order
 # (keras.applications.imagenet_utils, mode="caffe").
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
-DEPTH_MODES = ("log", "softplus")
+DEPTH_MODES = choices("model", "output")
 
 
 @keras.saving.register_keras_serializable(package="kdepth")

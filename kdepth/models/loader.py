@@ -66,6 +66,19 @@ def _from_legacy(path, model):
     return network
 
 
+def load_keras_file(path):
+    """Loads any Keras model file (for weights matched by layer name, e.g. `fit --init`).
+
+    Raises:
+        KdepthError: the file is missing, empty, truncated or another program's.
+    """
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:  # Keras raises many types for a wrong or truncated file
+        # Names the file and says whether it is truncated, empty or another program's.
+        raise explain_load_error(path, e, what="kdepth model") from e
+
+
 def load_network_file(path):
     """Loads a `DepthNetwork` saved as .keras (by `kdepth fit` or `network.save`).
 
@@ -76,11 +89,7 @@ def load_network_file(path):
         KdepthError: the file is missing, empty, truncated, another program's, or a Keras model
             that is not a kdepth network.
     """
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as e:  # Keras raises many types for a wrong or truncated file
-        # Names the file and says whether it is truncated, empty or another program's.
-        raise explain_load_error(path, e, what="kdepth model") from e
+    model = load_keras_file(path)
     if isinstance(model, DepthNetwork):
         return model
     return _from_legacy(path, model)

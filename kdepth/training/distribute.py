@@ -35,9 +35,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kdepth.config import choices
 from kdepth.errors import ConfigError, KdepthError
 
-STRATEGIES = ("default", "mirrored", "multiworker")
+STRATEGIES = choices("train", "strategy")
 WORKER_TEMP_PREFIX = "workertemp_"
 
 TF_CONFIG_EXAMPLE = (

@@ -16,7 +16,7 @@ from kdepth.models import (
     GROUPS,
     DepthNetwork,
     load_backbone_weights,
-    load_network_file,
+    load_keras_file,
     transfer_weights,
 )
 from kdepth.training.trainer import DepthTrainer
@@ -155,7 +155,7 @@ def build_trainer(config, stage, *, init_path=None, jit_compile=None):
         A `TrainerParts`.
     """
     t = config.train
-    init = load_network_file(init_path) if init_path is not None else None  # a bad file fails before the build
+    init = load_keras_file(init_path) if init_path is not None else None  # a bad file fails before the build
     network = network_from_config(config, scales_for_stage(config, stage))
     message = _initial_weights(config, network, init, init_path)
     groups = apply_stage(network, stage)

@@ -9,13 +9,14 @@ import keras
 import tensorflow as tf
 
 from kdepth import flips
+from kdepth.config import choices
 from kdepth.losses import GradientMatchingLoss, MaskedMSE, ScaleInvariantLoss, SetLoss
 from kdepth.metrics import training_metrics
 from kdepth.models import SCALE_NAMES
 from kdepth.ops import masked_resize
 from kdepth.training.distribute import all_reduce_and_clip, logs_for_keras
 
-ON_NAN = ("stop", "skip-batch")  # what a non-finite loss does: stop training, or skip the batch's update
+ON_NAN = choices("train", "on_nan")  # what a non-finite loss does: stop training, or skip the batch's update
 
 
 def _replicas():
