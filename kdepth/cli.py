@@ -169,7 +169,10 @@ def check(source, splits, config_path, sets):
     from kdepth.data.sources import open_source
 
     config = resolve_config(config_path, sets, data=source)
-    report = check_source(open_source(config.data, config.model.input_size), list(splits) or None)
+    opened = open_source(config.data, config.model.input_size)
+    if not splits and len(opened.splits()) == 1:
+        click.echo(f"split: {opened.splits()[0]!r}, the only split of {opened.name}")
+    report = check_source(opened, list(splits) or None)
     click.echo(report.format())
     sys.exit(0 if report.ok else 1)
 
@@ -262,7 +265,7 @@ def fit(stage, data_spec, name, backbone_weights, init, overfit, strategy, on_na
 @main.command()
 @click.option("--model", "model_path", required=True, help="A run folder, stage folder or .keras file, a SavedModel folder, or a .tflite file.")
 @click.option("--data", "data_spec", default=None, help="Data source: synthetic, a folder, a manifest .txt, tfds[:DIR], or a .mat file [default: data.source].")
-@click.option("--split", default=None, help="Split to evaluate [default: data.test_split].")
+@click.option("--split", default=None, help="Split to evaluate [default: data.test_split, or the source's only split].")
 @click.option("--protocol", type=click.Choice(["eigen", "full"]), default=None, help="eigen: Eigen crop + 1e-3 < gt < 10 m; full: every valid pixel [default: eval.protocol].")
 @click.option("--flip-tta/--no-flip-tta", default=None, help="Average each prediction with that of the left-right flipped image [default: eval.flip_tta].")
 @click.option("--align", type=click.Choice(["none", "median", "scale-shift"]), default=None, help="Align predictions to the ground truth per image, for relative-depth models [default: eval.align].")
@@ -289,7 +292,7 @@ def evaluate(model_path, data_spec, split, protocol, flip_tta, align, input_rang
     """
     from pathlib import Path
 
-    from kdepth.data.sources import open_source
+    from kdepth.data.sources import open_source, resolve_split
     from kdepth.evaluation import evaluate as run_evaluate
     from kdepth.inference import load_depth_model, resolve_model_path
 
@@ -301,13 +304,15 @@ def evaluate(model_path, data_spec, split, protocol, flip_tta, align, input_rang
             click.echo(f"config: {run_config} (the run's own; --config overrides it)")
     config = resolve_config(config_path, sets, data=data_spec)
     e = config.eval
-    split = split or config.data.test_split
+    source = open_source(config.data, config.model.input_size)
+    split, note = resolve_split(source, split, config.data.test_split)
+    if note:
+        click.echo(note)
     protocol = protocol or e.protocol
     align = align or e.align
     flip_tta = e.flip_tta if flip_tta is None else flip_tta
     model = load_depth_model(model_path, input_range=input_range, output_scale=output_scale, threads=threads)
     click.echo(f"model: {model.path} ({model.info})")
-    source = open_source(config.data, config.model.input_size)
     total = source.num_samples(split) if limit is None else min(limit, source.num_samples(split))
     with click.progressbar(length=total, label=f"evaluating {source.name} / {split}", file=sys.stderr) as bar:
         result = run_evaluate(

@@ -55,6 +55,8 @@ LOG = logging.getLogger("kdepth.data")
 RGB_EXTS = (".png", ".jpg", ".jpeg")
 DEPTH_EXTS = (".png", ".npy")
 CANONICAL_SPLITS = ("train", "val", "test")
+# The one split of a manifest whose file name names no split (``pairs.txt``): all its lines.
+ALL_SPLIT = "all"
 
 # PIL modes of 8-bit images that convert losslessly (apart from alpha) to RGB.
 _RGB_CONVERTIBLE = ("1", "L", "LA", "La", "P", "PA", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
@@ -504,7 +506,9 @@ class ManifestSource(_PairListSource):
     (delimited by non-alphanumerics, e.g. ``train.txt``, ``nyu_test_files.txt``), that word is
     its split and the sibling files with the word replaced by the other split names are the
     other splits when they exist (``nyu_train_files.txt`` -> ``nyu_val_files.txt``,
-    ``nyu_test_files.txt``). A manifest without a split word is the train split only.
+    ``nyu_test_files.txt``). A manifest without a split word (``pairs.txt``) is one split of
+    its own, ``ALL_SPLIT`` ("all"): commands that read one split use it when not told a split
+    (`resolve_split`, `resolve_splits`).
     """
 
     def __init__(self, path, decoding=None):
@@ -516,7 +520,7 @@ class ManifestSource(_PairListSource):
         matches = list(_SPLIT_WORD.finditer(self.path.name))
         self.files = {}
         if not matches:
-            self.files["train"] = self.path
+            self.files[ALL_SPLIT] = self.path
         else:
             m = matches[-1]
             for split in CANONICAL_SPLITS:
@@ -951,6 +955,66 @@ def open_source(data_cfg, input_size):
     if kind == "nyu_mat":
         return NyuMatSource(root, data_cfg.mat_splits, data_cfg.mat_depth, decoding.min_depth, decoding.max_depth)
     raise ConfigError(f"data.source received {kind!r}; allowed: ['synthetic', 'folder', 'manifest', 'tfds', 'nyu_mat'].")
+
+
+def resolve_split(source, split, default):
+    """The split a command that reads one split (`kdepth evaluate`) reads.
+
+    Args:
+        source: a `Source`.
+        split: the split the user named (``--split``), or None.
+        default: the configured split (e.g. ``data.test_split``), read when the source has it.
+
+    Returns:
+        (split, message): `split` if given, else `default` if the source has it, else the
+        source's only split (e.g. ``ALL_SPLIT`` of a split-less manifest) with a one-line
+        message saying so; message is None when nothing needs saying. A source with several
+        splits but not `default` gets `default` back, so reading it raises the usual
+        "split ... is unknown; available: ..." DataError.
+    """
+    if split:
+        return split, None
+    available = source.splits()
+    if default in available or len(available) != 1:
+        return default, None
+    only = available[0]
+    return only, f"split: {only!r}, the only split of {source.name} (it has no {default!r} split; --split chooses)"
+
+
+def resolve_splits(source, train_split, val_split):
+    """The training and validation splits `kdepth fit` reads.
+
+    A source with exactly one split (a split-less manifest's ``ALL_SPLIT``, a folder with only
+    ``train/``) trains on it when it lacks `train_split`, and has no validation split unless
+    `val_split` names that split (validating on the training data, on purpose). A source with
+    several splits gets the configured names back unchanged, so a missing one raises the usual
+    "split ... is unknown; available: ..." DataError when read.
+
+    Args:
+        source: a `Source`.
+        train_split: ``data.train_split``.
+        val_split: ``data.val_split``.
+
+    Returns:
+        (train, val, message): val is None when there is no validation split; message is one
+        line saying what was chosen and why, or None when the configured splits were used.
+    """
+    available = source.splits()
+    if len(available) != 1:
+        return train_split, val_split, None
+    only = available[0]
+    notes = []
+    train = train_split
+    if train_split != only:
+        train = only
+        notes.append(f"training on {only!r}, the only split of {source.name} (it has no {train_split!r} split)")
+    val = val_split if val_split == only else None
+    if val is None:
+        notes.append(
+            f"no validation split: {source.name} has only {only!r}, so nothing is held out "
+            f"(set data.val_split = {only!r} to validate on the training data)"
+        )
+    return train, val, "; ".join(notes) or None
 
 
 def parse_data_spec(spec):
