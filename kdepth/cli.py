@@ -123,29 +123,45 @@ def data():
 def synth(out, count, eval_count, size, seed, config_path, sets):
     """Write synthetic rooms in the folder format (train/val/test).
 
+    The folder is complete or refused: OUT/synth.json is written first and marked complete
+    last, so an interrupted run leaves a folder that `data check`, `fit` and `evaluate` refuse
+    with the command that finishes it. Running the same command again renders only the
+    missing samples; another command on it is refused, naming the difference.
+
     \b
     Example:
       kdepth data synth --out data/synth --count 200 --size 240x320
       kdepth data check data/synth
     """
+    from kdepth.config import save_config
+    from kdepth.data import plan
     from kdepth.data.sources import open_source
     from kdepth.data.writer import write_source
 
     eval_count = eval_count or max(1, count // 10)
+    hw = _parse_size(size)
     config = resolve_config(config_path, sets).replace(
         data__source="synthetic",
         data__seed=seed,
         data__synthetic_train=count,
         data__synthetic_val=eval_count,
         data__synthetic_test=eval_count,
-        data__synthetic_size=_parse_size(size),
+        data__synthetic_size=hw,
     )
+    args = ["--count", str(count), "--eval-count", str(eval_count), "--size", f"{hw[0]}x{hw[1]}", "--seed", str(seed)]
+    args += ["--config", os.path.abspath(config_path)] if config_path else []
+    args += [a for s in sets for a in ("--set", s)]
     source = open_source(config.data, config.model.input_size)
-    with click.progressbar(length=count + 2 * eval_count, label=f"writing {out}") as bar:
-        counts = write_source(source, out, depth_scale=config.data.depth_scale, progress=lambda *_: bar.update(1))
-    from kdepth.config import save_config
-
+    done = plan.start(out, plan.settings_of(config.data, hw), args)
+    total = count + 2 * eval_count
+    if done:
+        click.echo(f"finishing {out}: {done} of {total} samples are in place; writing the other {total - done}")
     save_config(config, out)  # the rendering settings, so the data set can be made again
+    with click.progressbar(length=total, label=f"writing {out}") as bar:
+        counts = write_source(
+            source, out, depth_scale=config.data.depth_scale, progress=lambda *_: bar.update(1), skip_existing=True
+        )
+    plan.mark_complete(out)
     click.echo(f"wrote {counts} samples at {size} to {out} (depth: 16-bit PNG, millimetres, 0 = hole)")
 
 

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from kdepth.data.plan import check_complete
 from kdepth.errors import ConfigError, DataError
 
 LOG = logging.getLogger("kdepth.data")
@@ -453,7 +454,9 @@ class FolderSource(_PairListSource):
 
     RGB and depth files are matched by stem and listed in sorted stem order. Every sub-folder of
     ROOT holding an ``rgb`` folder is a split. Files without a partner, with an unsupported
-    extension or sharing a stem are listing problems, left out of the samples.
+    extension or sharing a stem are listing problems, left out of the samples. Hidden files
+    (names starting with ".") are ignored. A folder `kdepth data synth` did not finish (see
+    `kdepth.data.plan`) is refused with the command that finishes it.
     """
 
     def __init__(self, root, decoding=None):
@@ -462,6 +465,7 @@ class FolderSource(_PairListSource):
         self.name = f"folder:{self.root}"
         if not self.root.is_dir():
             raise DataError(self.root, f"folder does not exist; {_LAYOUT_HINT}.")
+        check_complete(self.root)
         found = [p.name for p in self.root.iterdir() if (p / "rgb").is_dir()]
         self._splits = [s for s in CANONICAL_SPLITS if s in found] + sorted(s for s in found if s not in CANONICAL_SPLITS)
         if not self._splits:
