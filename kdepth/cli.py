@@ -157,17 +157,21 @@ def synth(out, count, eval_count, size, seed, config_path, sets):
     if done:
         click.echo(f"finishing {out}: {done} of {total} samples are in place; writing the other {total - done}")
     save_config(config, out)  # the rendering settings, so the data set can be made again
-    with click.progressbar(length=total, label=f"writing {out}") as bar:
-        counts = write_source(
-            source, out, depth_scale=config.data.depth_scale, progress=lambda *_: bar.update(1), skip_existing=True
-        )
+    try:
+        with click.progressbar(length=total, label=f"writing {out}") as bar:
+            counts = write_source(
+                source, out, depth_scale=config.data.depth_scale, progress=lambda *_: bar.update(1), skip_existing=True
+            )
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {out} is incomplete. Finish it with:\n  {plan.synth_command(out, args)}", err=True)
+        sys.exit(130)
     plan.mark_complete(out)
     click.echo(f"wrote {counts} samples at {size} to {out} (depth: 16-bit PNG, millimetres, 0 = hole)")
 
 
 @data.command()
 @click.argument("source")
-@click.option("--split", "splits", multiple=True, help="Split to check (repeatable) [default: train, val, test].")
+@click.option("--split", "splits", multiple=True, help="Split to check (repeatable) [default: every split of the source].")
 @config_options
 @_handle_errors
 def check(source, splits, config_path, sets):

@@ -35,10 +35,11 @@ def _pairs_in_place(root, split):
     return names[0] & names[1]
 
 
-def _start_and_kill(out, args, min_files=60, timeout=60):
-    """Starts `kdepth data synth` and SIGKILLs it once `min_files` training RGB files exist."""
+def _start_and_kill(out, args, min_files=60, timeout=60, sig=signal.SIGKILL):
+    """Starts `kdepth data synth`, sends it `sig` once `min_files` training RGB files exist and
+    returns (exit code, stderr)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "kdepth.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "kdepth.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     rgb_dir, deadline = out / "train" / "rgb", time.monotonic() + timeout
     try:
         while not (rgb_dir.is_dir() and len(os.listdir(rgb_dir)) >= min_files):
@@ -46,18 +47,19 @@ def _start_and_kill(out, args, min_files=60, timeout=60):
             assert time.monotonic() < deadline, "synth wrote too few files in time"
             time.sleep(0.02)
         assert proc.poll() is None, "synth finished before it could be killed: raise --count"
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, sig)
+        _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
         proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    return proc.returncode, stderr
 
 
 def test_killed_synth_is_refused_everywhere_and_the_same_command_finishes_it(tmp_path):
     out = tmp_path / "d2"
-    count, eval_count, total = 1500, 20, 1540
+    count, eval_count, total = 800, 20, 840
     args = ["data", "synth", "--out", str(out), "--count", str(count), "--eval-count", str(eval_count), "--size", "32x40"]
-    _start_and_kill(out, args)
+    assert _start_and_kill(out, args)[0] == -signal.SIGKILL
 
     # Every file under a sample's name is whole: files are renamed into place once written.
     for path in out.glob("*/*/[!.]*.png"):
@@ -105,6 +107,17 @@ def test_killed_synth_is_refused_everywhere_and_the_same_command_finishes_it(tmp
     for root, split, stem in pairs:
         for kind in ("rgb", "depth"):
             assert (out / split / kind / f"{stem}.png").read_bytes() == (root / split / kind / f"{stem}.png").read_bytes(), (split, kind, stem)
+
+
+def test_ctrl_c_says_the_folder_is_incomplete_and_how_to_finish_it(tmp_path):
+    out = tmp_path / "d"
+    args = ["data", "synth", "--out", str(out), "--count", "1500", "--eval-count", "1", "--size", "32x40"]
+    code, stderr = _start_and_kill(out, args, min_files=20, sig=signal.SIGINT)
+    assert code == 130, stderr
+    assert f"interrupted: {out} is incomplete. Finish it with:\n  kdepth data synth --out {out} --count 1500 --eval-count 1 --size 32x40 --seed 0" in stderr
+    assert not [p for p in out.rglob(".*")]  # the file being written when interrupted is gone
+    with pytest.raises(DataError, match="is an incomplete data set"):
+        FolderSource(out)
 
 
 @pytest.fixture

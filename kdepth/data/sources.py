@@ -144,47 +144,18 @@ def read_depth(path, decoding=None, require_valid=True):
         path: a ``.png`` (16-bit integer units) or ``.npy`` (float metres, or integer units) file.
         decoding: a `DepthDecoding`; default millimetres, 65535 sentinel, (1e-3, 10] m.
         require_valid: raise DataError when no pixel is valid.
+
+    Raises:
+        DataError: the file is missing, unreadable, of the wrong kind (8-bit, colour or float
+            PNG; wrong shape or dtype), or has no valid pixel when `require_valid`.
     """
     decoding = decoding or DepthDecoding()
     path = Path(path)
     ext = path.suffix.lower()
     if ext == ".png":
-        img = _open_image(path)
-        if img.mode in _UINT16_MODES or img.mode == "I":
-            # Pillow opens 16-bit greyscale PNGs as "I;16" (older versions as int32 "I").
-            raw = np.asarray(img).astype(np.int64 if img.mode == "I" else np.uint16)
-        elif img.mode in ("1", "L", "P", "LA", "PA"):
-            raise DataError(
-                path,
-                f"depth PNG is 8-bit (PIL mode {img.mode!r}); kdepth needs a single-channel 16-bit PNG with "
-                f"data.depth_scale = {decoding.depth_scale:g} units per metre (an 8-bit PNG cannot hold metric depth: "
-                "it is probably a visualisation). Write uint16 units or a float .npy in metres.",
-            )
-        elif img.mode == "F":
-            raise DataError(
-                path, "depth PNG holds float values (PIL mode 'F'); save float depth in metres as .npy or write a 16-bit PNG in units."
-            )
-        else:
-            raise DataError(
-                path,
-                f"depth PNG has PIL mode {img.mode!r} ({len(img.getbands())} channels); kdepth needs a single-channel "
-                "16-bit PNG (or a .npy array in metres).",
-            )
+        raw = _read_depth_png(path, decoding)
     elif ext == ".npy":
-        if not path.is_file():
-            raise DataError(path, "file does not exist.")
-        try:
-            raw = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise DataError(path, f"cannot read .npy file ({type(e).__name__}: {e}); it is corrupt or truncated.") from None
-        if raw.ndim == 3 and raw.shape[-1] == 1:
-            raw = raw[..., 0]
-        if raw.ndim != 2:
-            raise DataError(path, f"depth array has shape {raw.shape}; expected (H, W) or (H, W, 1).")
-        if not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)) or raw.dtype == bool:
-            raise DataError(
-                path, f"depth array has dtype {raw.dtype}; expected float (metres) or integer (data.depth_scale units)."
-            )
+        raw = _read_depth_npy(path)
     else:
         raise DataError(path, f"unsupported depth file extension {path.suffix!r}; allowed: {list(DEPTH_EXTS)}.")
 
@@ -204,6 +175,49 @@ def read_depth(path, decoding=None, require_valid=True):
             "Check data.depth_scale, data.min_depth and data.max_depth, or remove the sample.",
         )
     return depth
+
+
+def _read_depth_png(path, decoding):
+    """The raw integer units of a single-channel 16-bit PNG; DataError for any other PNG."""
+    img = _open_image(path)
+    if img.mode in _UINT16_MODES or img.mode == "I":
+        # Pillow opens 16-bit greyscale PNGs as "I;16" (older versions as int32 "I").
+        return np.asarray(img).astype(np.int64 if img.mode == "I" else np.uint16)
+    if img.mode in ("1", "L", "P", "LA", "PA"):
+        raise DataError(
+            path,
+            f"depth PNG is 8-bit (PIL mode {img.mode!r}); kdepth needs a single-channel 16-bit PNG with "
+            f"data.depth_scale = {decoding.depth_scale:g} units per metre (an 8-bit PNG cannot hold metric depth: "
+            "it is probably a visualisation). Write uint16 units or a float .npy in metres.",
+        )
+    if img.mode == "F":
+        raise DataError(
+            path, "depth PNG holds float values (PIL mode 'F'); save float depth in metres as .npy or write a 16-bit PNG in units."
+        )
+    raise DataError(
+        path,
+        f"depth PNG has PIL mode {img.mode!r} ({len(img.getbands())} channels); kdepth needs a single-channel "
+        "16-bit PNG (or a .npy array in metres).",
+    )
+
+
+def _read_depth_npy(path):
+    """The (H, W) float or integer array of a .npy file; DataError for any other content."""
+    if not path.is_file():
+        raise DataError(path, "file does not exist.")
+    try:
+        raw = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise DataError(path, f"cannot read .npy file ({type(e).__name__}: {e}); it is corrupt or truncated.") from None
+    if raw.ndim == 3 and raw.shape[-1] == 1:
+        raw = raw[..., 0]
+    if raw.ndim != 2:
+        raise DataError(path, f"depth array has shape {raw.shape}; expected (H, W) or (H, W, 1).")
+    if not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)) or raw.dtype == bool:
+        raise DataError(
+            path, f"depth array has dtype {raw.dtype}; expected float (metres) or integer (data.depth_scale units)."
+        )
+    return raw
 
 
 def read_pair(rgb_path, depth_path, decoding=None):
