@@ -123,35 +123,55 @@ def data():
 def synth(out, count, eval_count, size, seed, config_path, sets):
     """Write synthetic rooms in the folder format (train/val/test).
 
+    The folder is complete or refused: OUT/synth.json is written first and marked complete
+    last, so an interrupted run leaves a folder that `data check`, `fit` and `evaluate` refuse
+    with the command that finishes it. Running the same command again renders only the
+    missing samples; another command on it is refused, naming the difference.
+
     \b
     Example:
       kdepth data synth --out data/synth --count 200 --size 240x320
       kdepth data check data/synth
     """
+    from kdepth.config import save_config
+    from kdepth.data import plan
     from kdepth.data.sources import open_source
     from kdepth.data.writer import write_source
 
     eval_count = eval_count or max(1, count // 10)
+    hw = _parse_size(size)
     config = resolve_config(config_path, sets).replace(
         data__source="synthetic",
         data__seed=seed,
         data__synthetic_train=count,
         data__synthetic_val=eval_count,
         data__synthetic_test=eval_count,
-        data__synthetic_size=_parse_size(size),
+        data__synthetic_size=hw,
     )
+    args = ["--count", str(count), "--eval-count", str(eval_count), "--size", f"{hw[0]}x{hw[1]}", "--seed", str(seed)]
+    args += ["--config", os.path.abspath(config_path)] if config_path else []
+    args += [a for s in sets for a in ("--set", s)]
     source = open_source(config.data, config.model.input_size)
-    with click.progressbar(length=count + 2 * eval_count, label=f"writing {out}") as bar:
-        counts = write_source(source, out, depth_scale=config.data.depth_scale, progress=lambda *_: bar.update(1))
-    from kdepth.config import save_config
-
+    done = plan.start(out, plan.settings_of(config.data, hw), args)
+    total = count + 2 * eval_count
+    if done:
+        click.echo(f"finishing {out}: {done} of {total} samples are in place; writing the other {total - done}")
     save_config(config, out)  # the rendering settings, so the data set can be made again
+    try:
+        with click.progressbar(length=total, label=f"writing {out}") as bar:
+            counts = write_source(
+                source, out, depth_scale=config.data.depth_scale, progress=lambda *_: bar.update(1), skip_existing=True
+            )
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {out} is incomplete. Finish it with:\n  {plan.synth_command(out, args)}", err=True)
+        sys.exit(130)
+    plan.mark_complete(out)
     click.echo(f"wrote {counts} samples at {size} to {out} (depth: 16-bit PNG, millimetres, 0 = hole)")
 
 
 @data.command()
 @click.argument("source")
-@click.option("--split", "splits", multiple=True, help="Split to check (repeatable) [default: train, val, test].")
+@click.option("--split", "splits", multiple=True, help="Split to check (repeatable) [default: every split of the source].")
 @config_options
 @_handle_errors
 def check(source, splits, config_path, sets):
@@ -169,7 +189,10 @@ def check(source, splits, config_path, sets):
     from kdepth.data.sources import open_source
 
     config = resolve_config(config_path, sets, data=source)
-    report = check_source(open_source(config.data, config.model.input_size), list(splits) or None)
+    opened = open_source(config.data, config.model.input_size)
+    if not splits and len(opened.splits()) == 1:
+        click.echo(f"split: {opened.splits()[0]!r}, the only split of {opened.name}")
+    report = check_source(opened, list(splits) or None)
     click.echo(report.format())
     sys.exit(0 if report.ok else 1)
 
@@ -262,7 +285,7 @@ def fit(stage, data_spec, name, backbone_weights, init, overfit, strategy, on_na
 @main.command()
 @click.option("--model", "model_path", required=True, help="A run folder, stage folder or .keras file, a SavedModel folder, or a .tflite file.")
 @click.option("--data", "data_spec", default=None, help="Data source: synthetic, a folder, a manifest .txt, tfds[:DIR], or a .mat file [default: data.source].")
-@click.option("--split", default=None, help="Split to evaluate [default: data.test_split].")
+@click.option("--split", default=None, help="Split to evaluate [default: data.test_split, or the source's only split].")
 @click.option("--protocol", type=click.Choice(["eigen", "full"]), default=None, help="eigen: Eigen crop + 1e-3 < gt < 10 m; full: every valid pixel [default: eval.protocol].")
 @click.option("--flip-tta/--no-flip-tta", default=None, help="Average each prediction with that of the left-right flipped image [default: eval.flip_tta].")
 @click.option("--align", type=click.Choice(["none", "median", "scale-shift"]), default=None, help="Align predictions to the ground truth per image, for relative-depth models [default: eval.align].")
@@ -289,7 +312,7 @@ def evaluate(model_path, data_spec, split, protocol, flip_tta, align, input_rang
     """
     from pathlib import Path
 
-    from kdepth.data.sources import open_source
+    from kdepth.data.sources import open_source, resolve_split
     from kdepth.evaluation import evaluate as run_evaluate
     from kdepth.inference import load_depth_model, resolve_model_path
 
@@ -301,13 +324,15 @@ def evaluate(model_path, data_spec, split, protocol, flip_tta, align, input_rang
             click.echo(f"config: {run_config} (the run's own; --config overrides it)")
     config = resolve_config(config_path, sets, data=data_spec)
     e = config.eval
-    split = split or config.data.test_split
+    source = open_source(config.data, config.model.input_size)
+    split, note = resolve_split(source, split, config.data.test_split)
+    if note:
+        click.echo(note)
     protocol = protocol or e.protocol
     align = align or e.align
     flip_tta = e.flip_tta if flip_tta is None else flip_tta
     model = load_depth_model(model_path, input_range=input_range, output_scale=output_scale, threads=threads)
     click.echo(f"model: {model.path} ({model.info})")
-    source = open_source(config.data, config.model.input_size)
     total = source.num_samples(split) if limit is None else min(limit, source.num_samples(split))
     with click.progressbar(length=total, label=f"evaluating {source.name} / {split}", file=sys.stderr) as bar:
         result = run_evaluate(

@@ -12,6 +12,7 @@ from PIL import Image
 
 from kdepth.config import defaults
 from kdepth.data.sources import (
+    ALL_SPLIT,
     DepthDecoding,
     FolderSource,
     ManifestSource,
@@ -24,6 +25,8 @@ from kdepth.data.sources import (
     read_depth,
     read_mat_v5,
     read_rgb,
+    resolve_split,
+    resolve_splits,
 )
 from kdepth.errors import ConfigError, DataError
 
@@ -325,11 +328,53 @@ def test_manifest_source_reads_bts_style_lists_and_sibling_splits(tmp_path):
     assert ManifestSource(lists / "nyu_test_files.txt").splits() == ["train", "test"]
 
 
-def test_manifest_without_split_word_is_the_train_split(tmp_path):
+def test_manifest_without_split_word_is_a_split_of_its_own(tmp_path):
+    # Behaviour change: such a manifest used to be the split 'train' (and `evaluate` then failed
+    # asking for 'test'); it is now the split ALL_SPLIT, read by default by one-split commands.
     make_pair(tmp_path, "s", "0")
     (tmp_path / "pairs.txt").write_text("s/rgb/0.png s/depth/0.png\n")
     src = ManifestSource(tmp_path / "pairs.txt")
-    assert src.splits() == ["train"] and src.num_samples("train") == 1
+    assert ALL_SPLIT == "all"
+    assert src.splits() == [ALL_SPLIT] and src.num_samples(ALL_SPLIT) == 1
+    with pytest.raises(DataError, match=r"split 'train' is unknown; available: \['all'\]"):
+        src.num_samples("train")
+
+
+def _pairs_manifest(tmp_path):
+    make_pair(tmp_path, "s", "0")
+    (tmp_path / "pairs.txt").write_text("s/rgb/0.png s/depth/0.png\n")
+    return ManifestSource(tmp_path / "pairs.txt")
+
+
+def test_resolve_split_uses_the_only_split_when_the_default_is_missing(tmp_path):
+    src = _pairs_manifest(tmp_path)
+    split, note = resolve_split(src, None, "test")
+    assert split == "all"
+    assert note == f"split: 'all', the only split of {src.name} (it has no 'test' split; --split chooses)"
+    assert resolve_split(src, "train", "test") == ("train", None)  # a named split is taken as is
+    three = SyntheticSource({"train": 1, "val": 1, "test": 1}, (16, 16))
+    assert resolve_split(three, None, "test") == ("test", None)
+    two = SyntheticSource({"train": 1, "val": 1}, (16, 16))
+    assert resolve_split(two, None, "test") == ("test", None)  # several splits: no guessing
+    with pytest.raises(DataError, match=r"split 'test' is unknown; available: \['train', 'val'\]"):
+        two.num_samples(resolve_split(two, None, "test")[0])
+
+
+def test_resolve_splits_for_fit(tmp_path):
+    src = _pairs_manifest(tmp_path)
+    train, val, note = resolve_splits(src, "train", "val")
+    assert (train, val) == ("all", None)
+    assert note.startswith(f"training on 'all', the only split of {src.name} (it has no 'train' split); no validation split:")
+    assert "data.val_split = 'all'" in note
+    # Validating on the training data is possible when asked for by name.
+    assert resolve_splits(src, "train", "all") == ("all", "all", f"training on 'all', the only split of {src.name} (it has no 'train' split)")
+    only_train = SyntheticSource({"train": 2}, (16, 16))
+    train, val, note = resolve_splits(only_train, "train", "val")
+    assert (train, val) == ("train", None) and note.startswith("no validation split: synthetic has only 'train'")
+    three = SyntheticSource({"train": 1, "val": 1, "test": 1}, (16, 16))
+    assert resolve_splits(three, "train", "val") == ("train", "val", None)
+    two = SyntheticSource({"train": 1, "test": 1}, (16, 16))
+    assert resolve_splits(two, "train", "val") == ("train", "val", None)  # the usual unknown-split error follows
 
 
 # ----- synthetic source -------------------------------------------------------------------------

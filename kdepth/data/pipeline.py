@@ -100,6 +100,10 @@ def build_dataset(
 
     Returns:
         A `tf.data.Dataset` of (images, {"depth", "mask"}) batches as described in the module.
+
+    Raises:
+        ValueError: batch_size < 1, or a flip group that is empty, repeats a flip or names an
+            unknown one.
     """
     input_size = tuple(int(v) for v in input_size)
     target_size = tuple(int(v) for v in (target_size or input_size))
@@ -108,7 +112,20 @@ def build_dataset(
         raise ValueError(f"batch_size must be a positive integer, received {batch_size}.")
     if drop_remainder is None:
         drop_remainder = training
+    ds = _resized_samples(source, split, input_size, target_size, depth_resize, training, seed, cache, skip_bad_files)
+    if repeat:
+        ds = ds.repeat()
+    if training and shuffle_buffer > 0:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = _flip_groups(ds, group, seed, jitter if training else None)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(AUTOTUNE)
 
+
+def _resized_samples(source, split, input_size, target_size, depth_resize, training, seed, cache, skip_bad_files):
+    """(uint8 image, float32 depth) pairs at the model's sizes, cached and shuffled if asked."""
     # With the cache, the source is read in order and the per-pass shuffle of its samples comes
     # after the cache instead (same seed, same buffer = the whole split): every pass then draws
     # the permutation the uncached source would, so data.cache changes the speed, not the batches.
@@ -123,26 +140,24 @@ def build_dataset(
         ds = ds.cache()
         if training:
             ds = ds.shuffle(source.num_samples(split), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    if training and shuffle_buffer > 0:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    # Everything after the cache runs on every step: the random jitter, the flip group and the
-    # float32 cast, fused into one map so each sample costs one function call.
-    if training and any(j > 0 for j in jitter):
+    return ds
+
+
+def _flip_groups(ds, group, seed, jitter):
+    """Maps (image, depth) pairs to flip groups, jittered when `jitter` (a triple) is not all 0.
+
+    Everything after the cache runs on every step: the random jitter, the flip group and the
+    float32 cast, fused into one map so each sample costs one function call.
+    """
+    if jitter is not None and any(j > 0 for j in jitter):
         # One independent stateless seed per element keeps jitter deterministic yet varied.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip(ds, seeds).map(
+        return tf.data.Dataset.zip(ds, seeds).map(
             lambda pair, s: _to_group(pair[0], pair[1], group, s, jitter),
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         )
-    else:
-        ds = ds.map(lambda image, depth: _to_group(image, depth, group), num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE, deterministic=True)
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options).prefetch(AUTOTUNE)
+    return ds.map(lambda image, depth: _to_group(image, depth, group), num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def dataset_from_config(config, split, *, training, source=None, flip_group=None, batch_size=None, repeat=False):

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from kdepth.data.plan import check_complete
 from kdepth.errors import ConfigError, DataError
 
 LOG = logging.getLogger("kdepth.data")
@@ -55,6 +56,8 @@ LOG = logging.getLogger("kdepth.data")
 RGB_EXTS = (".png", ".jpg", ".jpeg")
 DEPTH_EXTS = (".png", ".npy")
 CANONICAL_SPLITS = ("train", "val", "test")
+# The one split of a manifest whose file name names no split (``pairs.txt``): all its lines.
+ALL_SPLIT = "all"
 
 # PIL modes of 8-bit images that convert losslessly (apart from alpha) to RGB.
 _RGB_CONVERTIBLE = ("1", "L", "LA", "La", "P", "PA", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
@@ -141,47 +144,18 @@ def read_depth(path, decoding=None, require_valid=True):
         path: a ``.png`` (16-bit integer units) or ``.npy`` (float metres, or integer units) file.
         decoding: a `DepthDecoding`; default millimetres, 65535 sentinel, (1e-3, 10] m.
         require_valid: raise DataError when no pixel is valid.
+
+    Raises:
+        DataError: the file is missing, unreadable, of the wrong kind (8-bit, colour or float
+            PNG; wrong shape or dtype), or has no valid pixel when `require_valid`.
     """
     decoding = decoding or DepthDecoding()
     path = Path(path)
     ext = path.suffix.lower()
     if ext == ".png":
-        img = _open_image(path)
-        if img.mode in _UINT16_MODES or img.mode == "I":
-            # Pillow opens 16-bit greyscale PNGs as "I;16" (older versions as int32 "I").
-            raw = np.asarray(img).astype(np.int64 if img.mode == "I" else np.uint16)
-        elif img.mode in ("1", "L", "P", "LA", "PA"):
-            raise DataError(
-                path,
-                f"depth PNG is 8-bit (PIL mode {img.mode!r}); kdepth needs a single-channel 16-bit PNG with "
-                f"data.depth_scale = {decoding.depth_scale:g} units per metre (an 8-bit PNG cannot hold metric depth: "
-                "it is probably a visualisation). Write uint16 units or a float .npy in metres.",
-            )
-        elif img.mode == "F":
-            raise DataError(
-                path, "depth PNG holds float values (PIL mode 'F'); save float depth in metres as .npy or write a 16-bit PNG in units."
-            )
-        else:
-            raise DataError(
-                path,
-                f"depth PNG has PIL mode {img.mode!r} ({len(img.getbands())} channels); kdepth needs a single-channel "
-                "16-bit PNG (or a .npy array in metres).",
-            )
+        raw = _read_depth_png(path, decoding)
     elif ext == ".npy":
-        if not path.is_file():
-            raise DataError(path, "file does not exist.")
-        try:
-            raw = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise DataError(path, f"cannot read .npy file ({type(e).__name__}: {e}); it is corrupt or truncated.") from None
-        if raw.ndim == 3 and raw.shape[-1] == 1:
-            raw = raw[..., 0]
-        if raw.ndim != 2:
-            raise DataError(path, f"depth array has shape {raw.shape}; expected (H, W) or (H, W, 1).")
-        if not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)) or raw.dtype == bool:
-            raise DataError(
-                path, f"depth array has dtype {raw.dtype}; expected float (metres) or integer (data.depth_scale units)."
-            )
+        raw = _read_depth_npy(path)
     else:
         raise DataError(path, f"unsupported depth file extension {path.suffix!r}; allowed: {list(DEPTH_EXTS)}.")
 
@@ -201,6 +175,49 @@ def read_depth(path, decoding=None, require_valid=True):
             "Check data.depth_scale, data.min_depth and data.max_depth, or remove the sample.",
         )
     return depth
+
+
+def _read_depth_png(path, decoding):
+    """The raw integer units of a single-channel 16-bit PNG; DataError for any other PNG."""
+    img = _open_image(path)
+    if img.mode in _UINT16_MODES or img.mode == "I":
+        # Pillow opens 16-bit greyscale PNGs as "I;16" (older versions as int32 "I").
+        return np.asarray(img).astype(np.int64 if img.mode == "I" else np.uint16)
+    if img.mode in ("1", "L", "P", "LA", "PA"):
+        raise DataError(
+            path,
+            f"depth PNG is 8-bit (PIL mode {img.mode!r}); kdepth needs a single-channel 16-bit PNG with "
+            f"data.depth_scale = {decoding.depth_scale:g} units per metre (an 8-bit PNG cannot hold metric depth: "
+            "it is probably a visualisation). Write uint16 units or a float .npy in metres.",
+        )
+    if img.mode == "F":
+        raise DataError(
+            path, "depth PNG holds float values (PIL mode 'F'); save float depth in metres as .npy or write a 16-bit PNG in units."
+        )
+    raise DataError(
+        path,
+        f"depth PNG has PIL mode {img.mode!r} ({len(img.getbands())} channels); kdepth needs a single-channel "
+        "16-bit PNG (or a .npy array in metres).",
+    )
+
+
+def _read_depth_npy(path):
+    """The (H, W) float or integer array of a .npy file; DataError for any other content."""
+    if not path.is_file():
+        raise DataError(path, "file does not exist.")
+    try:
+        raw = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise DataError(path, f"cannot read .npy file ({type(e).__name__}: {e}); it is corrupt or truncated.") from None
+    if raw.ndim == 3 and raw.shape[-1] == 1:
+        raw = raw[..., 0]
+    if raw.ndim != 2:
+        raise DataError(path, f"depth array has shape {raw.shape}; expected (H, W) or (H, W, 1).")
+    if not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)) or raw.dtype == bool:
+        raise DataError(
+            path, f"depth array has dtype {raw.dtype}; expected float (metres) or integer (data.depth_scale units)."
+        )
+    return raw
 
 
 def read_pair(rgb_path, depth_path, decoding=None):
@@ -451,7 +468,9 @@ class FolderSource(_PairListSource):
 
     RGB and depth files are matched by stem and listed in sorted stem order. Every sub-folder of
     ROOT holding an ``rgb`` folder is a split. Files without a partner, with an unsupported
-    extension or sharing a stem are listing problems, left out of the samples.
+    extension or sharing a stem are listing problems, left out of the samples. Hidden files
+    (names starting with ".") are ignored. A folder `kdepth data synth` did not finish (see
+    `kdepth.data.plan`) is refused with the command that finishes it.
     """
 
     def __init__(self, root, decoding=None):
@@ -460,6 +479,7 @@ class FolderSource(_PairListSource):
         self.name = f"folder:{self.root}"
         if not self.root.is_dir():
             raise DataError(self.root, f"folder does not exist; {_LAYOUT_HINT}.")
+        check_complete(self.root)
         found = [p.name for p in self.root.iterdir() if (p / "rgb").is_dir()]
         self._splits = [s for s in CANONICAL_SPLITS if s in found] + sorted(s for s in found if s not in CANONICAL_SPLITS)
         if not self._splits:
@@ -504,7 +524,9 @@ class ManifestSource(_PairListSource):
     (delimited by non-alphanumerics, e.g. ``train.txt``, ``nyu_test_files.txt``), that word is
     its split and the sibling files with the word replaced by the other split names are the
     other splits when they exist (``nyu_train_files.txt`` -> ``nyu_val_files.txt``,
-    ``nyu_test_files.txt``). A manifest without a split word is the train split only.
+    ``nyu_test_files.txt``). A manifest without a split word (``pairs.txt``) is one split of
+    its own, ``ALL_SPLIT`` ("all"): commands that read one split use it when not told a split
+    (`resolve_split`, `resolve_splits`).
     """
 
     def __init__(self, path, decoding=None):
@@ -516,7 +538,7 @@ class ManifestSource(_PairListSource):
         matches = list(_SPLIT_WORD.finditer(self.path.name))
         self.files = {}
         if not matches:
-            self.files["train"] = self.path
+            self.files[ALL_SPLIT] = self.path
         else:
             m = matches[-1]
             for split in CANONICAL_SPLITS:
@@ -951,6 +973,66 @@ def open_source(data_cfg, input_size):
     if kind == "nyu_mat":
         return NyuMatSource(root, data_cfg.mat_splits, data_cfg.mat_depth, decoding.min_depth, decoding.max_depth)
     raise ConfigError(f"data.source received {kind!r}; allowed: ['synthetic', 'folder', 'manifest', 'tfds', 'nyu_mat'].")
+
+
+def resolve_split(source, split, default):
+    """The split a command that reads one split (`kdepth evaluate`) reads.
+
+    Args:
+        source: a `Source`.
+        split: the split the user named (``--split``), or None.
+        default: the configured split (e.g. ``data.test_split``), read when the source has it.
+
+    Returns:
+        (split, message): `split` if given, else `default` if the source has it, else the
+        source's only split (e.g. ``ALL_SPLIT`` of a split-less manifest) with a one-line
+        message saying so; message is None when nothing needs saying. A source with several
+        splits but not `default` gets `default` back, so reading it raises the usual
+        "split ... is unknown; available: ..." DataError.
+    """
+    if split:
+        return split, None
+    available = source.splits()
+    if default in available or len(available) != 1:
+        return default, None
+    only = available[0]
+    return only, f"split: {only!r}, the only split of {source.name} (it has no {default!r} split; --split chooses)"
+
+
+def resolve_splits(source, train_split, val_split):
+    """The training and validation splits `kdepth fit` reads.
+
+    A source with exactly one split (a split-less manifest's ``ALL_SPLIT``, a folder with only
+    ``train/``) trains on it when it lacks `train_split`, and has no validation split unless
+    `val_split` names that split (validating on the training data, on purpose). A source with
+    several splits gets the configured names back unchanged, so a missing one raises the usual
+    "split ... is unknown; available: ..." DataError when read.
+
+    Args:
+        source: a `Source`.
+        train_split: ``data.train_split``.
+        val_split: ``data.val_split``.
+
+    Returns:
+        (train, val, message): val is None when there is no validation split; message is one
+        line saying what was chosen and why, or None when the configured splits were used.
+    """
+    available = source.splits()
+    if len(available) != 1:
+        return train_split, val_split, None
+    only = available[0]
+    notes = []
+    train = train_split
+    if train_split != only:
+        train = only
+        notes.append(f"training on {only!r}, the only split of {source.name} (it has no {train_split!r} split)")
+    val = val_split if val_split == only else None
+    if val is None:
+        notes.append(
+            f"no validation split: {source.name} has only {only!r}, so nothing is held out "
+            f"(set data.val_split = {only!r} to validate on the training data)"
+        )
+    return train, val, "; ".join(notes) or None
 
 
 def parse_data_spec(spec):

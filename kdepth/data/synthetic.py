@@ -513,12 +513,29 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     of room ahead, then the most) so that few frames are a blank wall. Pitch is -15..+5 degrees
     (slightly down on average, as hand-held), roll +-4.
     """
+    # The draws happen in this order; changing it changes every sample of every seed.
     u = rng.uniform
     room = (u(3.0, 8.0), u(3.0, 8.0), u(2.4, 3.2))
-    lx, ly, lz = room
+    boxes, footprints, pos = _sample_layout(rng, room)
+    camera = _sample_camera(rng, room, footprints, pos)
+    surfaces = _sample_room_materials(rng)
+    decals = _sample_decals(rng, room)
+    lights = _sample_lights(rng, room)
+    holes = _sample_holes(rng)
+    return Scene(
+        room=room, camera=camera, boxes=tuple(boxes), **surfaces, decals=decals,
+        lights=lights, ambient=u(0.2, 0.45), noise_seed=int(rng.integers(2**31)),
+        exposure=u(0.8, 1.25), sensor_noise=u(0.0, 0.015), holes=holes,
+    )
+
+
+def _sample_layout(rng, room):
+    """2-6 pieces of furniture and a camera spot clear of them: (boxes, footprints, (x, y)).
+
+    A layout that leaves no camera spot is redrawn (up to 5 times), after which pieces are
+    dropped from the last layout until one appears.
+    """
     n_pieces = int(rng.integers(2, 7))
-    # Furniture, then a camera spot clear of it; a layout that leaves no spot is redrawn (up to
-    # 5 times), after which pieces are dropped from the last layout until one appears.
     for _attempt in range(5):
         boxes, footprints = [], []
         _place_furniture(rng, room, n_pieces, boxes, footprints)
@@ -533,6 +550,12 @@ def sample_scene(rng: np.random.Generator) -> Scene:
         footprints.pop()
         boxes = [b for b in boxes if b.piece < len(footprints)]
         pos = _camera_spot(rng, room, footprints)
+    return boxes, footprints, pos
+
+
+def _sample_camera(rng, room, footprints, pos) -> Camera:
+    """Height, heading, pitch and roll of a camera standing at ``pos`` = (x, y)."""
+    u = rng.uniform
     cam_z = u(1.0, 1.8)
     # Heading: of 12 uniform candidates keep the best by (furniture in view, >= 1.8 m of room
     # ahead, room ahead): each candidate is uniform, the choice only avoids blank walls.
@@ -543,9 +566,12 @@ def sample_scene(rng: np.random.Generator) -> Scene:
         key = (_furniture_in_view(footprints, pos, yaw), clear >= 1.8, clear)
         if best_key is None or key > best_key:
             best_yaw, best_key = yaw, key
-    camera = Camera((pos[0], pos[1], cam_z), best_yaw, math.radians(u(-15.0, 5.0)),
-                    math.radians(u(-4.0, 4.0)))
+    return Camera((pos[0], pos[1], cam_z), best_yaw, math.radians(u(-15.0, 5.0)),
+                  math.radians(u(-4.0, 4.0)))
 
+
+def _sample_room_materials(rng) -> dict:
+    """Floor, wall (maybe one accent wall), ceiling and skirting: `Scene` keyword arguments."""
     floor = _floor_material(rng)
     wall = _wall_material(rng)
     walls = None
@@ -555,10 +581,17 @@ def sample_scene(rng: np.random.Generator) -> Scene:
         walls = tuple(alt if i == accent else wall for i in range(4))
     ceiling = (_paint(rng, sat=(0.0, 0.08), val=(0.8, 0.97)) if rng.random() < 0.75
                else _noisy(rng, sat=(0.0, 0.08), val=(0.75, 0.95), scale=(0.2, 0.8)))
-    skirting_h = u(0.06, 0.14) if rng.random() < 0.7 else 0.0
+    skirting_h = rng.uniform(0.06, 0.14) if rng.random() < 0.7 else 0.0
     skirting = (_paint(rng, sat=(0.0, 0.1), val=(0.85, 0.97)) if rng.random() < 0.6
                 else _wood(rng))
+    return dict(floor=floor, wall=wall, ceiling=ceiling, walls=walls, skirting=skirting,
+                skirting_height=skirting_h)
 
+
+def _sample_decals(rng, room) -> tuple[Decal, ...]:
+    """Maybe a door and a window, up to 2 pictures and maybe a rug."""
+    u = rng.uniform
+    lx, ly, lz = room
     decals = []
     wall_len = (ly, ly, lx, lx)
     if rng.random() < 0.6:  # a door
@@ -588,7 +621,13 @@ def sample_scene(rng: np.random.Generator) -> Scene:
         rug = (_noisy(rng, sat=(0.1, 0.7), val=(0.2, 0.8), scale=(0.02, 0.15))
                if rng.random() < 0.6 else _two_tone(rng, "stripes", (0.1, 0.4)))
         decals.append(Decal(4, (x0, x0 + rw, y0, y0 + rd), rug))
+    return tuple(decals)
 
+
+def _sample_lights(rng, room) -> tuple[Light, ...]:
+    """1-2 ceiling lamps and maybe daylight from a window side."""
+    u = rng.uniform
+    lx, ly, lz = room
     lights = []
     for _ in range(int(rng.integers(1, 3))):
         warm = rng.random()
@@ -601,16 +640,15 @@ def sample_scene(rng: np.random.Generator) -> Scene:
         lights.append(Light(u(0.25, 0.6), (1.0, 0.98, 0.95),
                             direction=(math.cos(el) * math.cos(az), math.cos(el) * math.sin(az),
                                        math.sin(el))))
+    return tuple(lights)
 
+
+def _sample_holes(rng) -> Holes:
+    """Up to 3 dropout blobs, the max range and the edge shadow width."""
+    u = rng.uniform
     blobs = tuple((u(0, 1), u(0, 1), u(0.01, 0.05), u(0.01, 0.05))
                   for _ in range(int(rng.integers(0, 4))))
-    holes = Holes(max_range=u(6.0, MAX_DEPTH), edge_width=u(0.003, 0.012), blobs=blobs)
-    return Scene(
-        room=room, camera=camera, boxes=tuple(boxes), floor=floor, wall=wall, ceiling=ceiling,
-        walls=walls, skirting=skirting, skirting_height=skirting_h, decals=tuple(decals),
-        lights=tuple(lights), ambient=u(0.2, 0.45), noise_seed=int(rng.integers(2**31)),
-        exposure=u(0.8, 1.25), sensor_noise=u(0.0, 0.015), holes=holes,
-    )
+    return Holes(max_range=u(6.0, MAX_DEPTH), edge_width=u(0.003, 0.012), blobs=blobs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -754,24 +792,103 @@ def render_scene(scene: Scene, size, holes: bool = False, rng: np.random.Generat
     """
     h, w = _check_size(size)
     intr = scaled_intrinsics((h, w))
-    fx, fy, cx, cy = intr
-    lx, ly, lz = scene.room
-    cam = scene.camera
-    ox, oy, oz = cam.position
-    if not (0 < ox < lx and 0 < oy < ly and 0 < oz < lz):
-        raise ValueError(f"camera position {cam.position} is outside the room {scene.room}.")
-    rot = cam.rotation()
+    rot = _camera_rotation(scene)
+    dirs = _ray_directions(rot, intr, (h, w))
+    t, face = _trace_room(scene, dirs)
+    obj = _trace_boxes(scene, rot, intr, dirs, t)
+    hits = _Hits.flatten(scene, dirs, t, obj, face)
+    surface = _Surface.empty(h * w)
+    tile = np.random.default_rng(scene.noise_seed).random((_NOISE_TILE, _NOISE_TILE)).astype(
+        np.float32
+    )
+    floor_idx = _shade_room(scene, hits, surface, tile)
+    _shade_boxes(scene, hits, surface, tile)
+    _floor_contact_shadow(scene, hits, floor_idx, surface.ao)
+    irr = _irradiance(scene, hits, surface.normal, floor_idx)
+    rgb = _expose(scene, surface, irr, rng).reshape(h, w, 3)
+    depth = t.astype(np.float32)
+    if not holes:
+        return rgb, np.clip(depth, MIN_DEPTH, MAX_DEPTH).astype(np.float32)
+    cosi = _incidence_cos(hits, surface.normal).reshape(h, w)
+    depth[_holes_mask(depth, obj, cosi, scene.holes)] = 0.0
+    return rgb, depth
 
-    # Ray directions (3, H, W) with camera-z component 1, so ray parameter = z-depth.
+
+@dataclass(frozen=True)
+class _Hits:
+    """The nearest hit of every pixel, flattened to (H * W,) arrays.
+
+    ``px, py, pz``: world point; ``dx, dy, dz``: ray direction (camera-z component 1);
+    ``obj``: -1 for the room, k for box k; ``face``: room face index (meaningful where obj < 0).
+    """
+
+    px: np.ndarray
+    py: np.ndarray
+    pz: np.ndarray
+    dx: np.ndarray
+    dy: np.ndarray
+    dz: np.ndarray
+    obj: np.ndarray
+    face: np.ndarray
+
+    @classmethod
+    def flatten(cls, scene: Scene, dirs, t, obj, face):
+        """Hits from the ray directions (3, H, W), hit depths, object and face maps (H, W)."""
+        ox, oy, oz = scene.camera.position
+        tf_ = t.ravel()
+        dxf, dyf, dzf = dirs[0].ravel(), dirs[1].ravel(), dirs[2].ravel()
+        px, py, pz = ox + tf_ * dxf, oy + tf_ * dyf, oz + tf_ * dzf
+        return cls(px, py, pz, dxf, dyf, dzf, obj.ravel(), face.ravel())
+
+
+@dataclass(frozen=True)
+class _Surface:
+    """Per-pixel surface properties, (H * W,) or (H * W, 3), filled in place while shading."""
+
+    albedo: np.ndarray
+    normal: np.ndarray
+    emissive: np.ndarray
+    ao: np.ndarray
+
+    @classmethod
+    def empty(cls, n_pix):
+        """Albedo and normals to be written for every pixel; nothing emissive; no occlusion."""
+        return cls(
+            albedo=np.empty((n_pix, 3), np.float32),
+            normal=np.empty((n_pix, 3), np.float32),
+            emissive=np.zeros(n_pix, bool),
+            ao=np.ones(n_pix, np.float32),
+        )
+
+
+def _camera_rotation(scene: Scene) -> np.ndarray:
+    """The camera-to-world rotation, after checking that the camera is inside the room."""
+    lx, ly, lz = scene.room
+    ox, oy, oz = scene.camera.position
+    if not (0 < ox < lx and 0 < oy < ly and 0 < oz < lz):
+        raise ValueError(f"camera position {scene.camera.position} is outside the room {scene.room}.")
+    return scene.camera.rotation()
+
+
+def _ray_directions(rot, intr, size):
+    """World ray directions float32 (3, H, W) with camera-z component 1 (ray parameter = z-depth)."""
+    h, w = size
+    fx, fy, cx, cy = intr
     xs = ((np.arange(w) - cx) / fx).astype(np.float64)
     ys = ((np.arange(h) - cy) / fy).astype(np.float64)
     dirs = (rot[:, 0, None, None] * xs[None, None, :] + rot[:, 1, None, None] * ys[None, :, None]
             + rot[:, 2, None, None])
     dirs = dirs.astype(np.float32)
     dirs[dirs == 0] = 1e-12  # no exact zeros: keeps the slab divisions finite
-    dx, dy, dz = dirs
+    return dirs
 
-    # Room, hit from the inside: the nearest exit plane per axis.
+
+def _trace_room(scene: Scene, dirs):
+    """The room box hit from the inside: (depth float32 (H, W), face index int16 (H, W))."""
+    lx, ly, lz = scene.room
+    ox, oy, oz = scene.camera.position
+    dx, dy, dz = dirs
+    # The nearest exit plane per axis.
     with np.errstate(divide="ignore"):
         tx = np.where(dx > 0, (lx - ox) / dx, -ox / dx)
         ty = np.where(dy > 0, (ly - oy) / dy, -oy / dy)
@@ -780,11 +897,21 @@ def render_scene(scene: Scene, size, holes: bool = False, rng: np.random.Generat
     axis = np.argmin(t_all, axis=0)
     t = np.take_along_axis(t_all, axis[None], 0)[0].astype(np.float32)
     face = (axis * 2 + (np.take_along_axis(dirs, axis[None], 0)[0] > 0)).astype(np.int16)
-    obj = np.full((h, w), -1, np.int16)  # -1: room, k: box k
+    return t, face
 
-    # Furniture boxes, hit from the outside, each in the screen window it can cover.
+
+def _trace_boxes(scene: Scene, rot, intr, dirs, t):
+    """Furniture boxes hit from the outside, each in the screen window it can cover.
+
+    Lowers ``t`` in place where a box is nearer and returns the object map int16 (H, W):
+    -1 for the room, k for box k.
+    """
+    h, w = t.shape
+    ox, oy, oz = scene.camera.position
+    dx, dy, dz = dirs
+    obj = np.full((h, w), -1, np.int16)
     for k, box in enumerate(scene.boxes):
-        win = _screen_window(box, cam.position, rot, intr, (h, w))
+        win = _screen_window(box, scene.camera.position, rot, intr, (h, w))
         if win is None:
             continue
         v0, v1, u0, u1 = win
@@ -793,59 +920,64 @@ def render_scene(scene: Scene, size, holes: bool = False, rng: np.random.Generat
         hit = (tn <= tf) & (tn > 0) & (tn < t[sl])
         t[sl][hit] = tn[hit]
         obj[sl][hit] = k
+    return obj
 
-    # ---- Shading, on flattened arrays ---------------------------------------------------------
-    n_pix = h * w
-    tf_ = t.ravel()
-    objf = obj.ravel()
-    facef = face.ravel()
-    dxf, dyf, dzf = dx.ravel(), dy.ravel(), dz.ravel()
-    px, py, pz = ox + tf_ * dxf, oy + tf_ * dyf, oz + tf_ * dzf
-    albedo = np.empty((n_pix, 3), np.float32)
-    normal = np.empty((n_pix, 3), np.float32)
-    emissive = np.zeros(n_pix, bool)
-    ao = np.ones(n_pix, np.float32)
-    tile = np.random.default_rng(scene.noise_seed).random((_NOISE_TILE, _NOISE_TILE)).astype(
-        np.float32
-    )
 
-    room_idx = np.flatnonzero(objf < 0)
-    room_face = facef[room_idx]
+def _shade_room(scene: Scene, hits: _Hits, surface: _Surface, tile):
+    """Normals, albedo (with skirting and decals) and edge occlusion of the room's pixels.
+
+    Returns the flat indices of the floor pixels.
+    """
+    room_idx = np.flatnonzero(hits.obj < 0)
+    room_face = hits.face[room_idx]
     walls = scene.walls or (scene.wall,) * 4
     materials = (*walls, scene.floor, scene.ceiling)
-    floor_idx = room_idx[room_face == 4]
     for f in range(6):
         idx = room_idx[room_face == f]
         if idx.size == 0:
             continue
-        normal[idx] = _ROOM_NORMALS[f]
-        uu, vv = _room_uv(f, px[idx], py[idx], pz[idx])
-        albedo[idx] = _texture(materials[f], uu, vv, tile, f)
+        surface.normal[idx] = _ROOM_NORMALS[f]
+        uu, vv = _room_uv(f, hits.px[idx], hits.py[idx], hits.pz[idx])
+        surface.albedo[idx] = _texture(materials[f], uu, vv, tile, f)
         if f < 4 and scene.skirting_height > 0:
             sk = vv < scene.skirting_height
             if sk.any():
-                albedo[idx[sk]] = _texture(scene.skirting, uu[sk], vv[sk], tile, 11)
-        for dec in scene.decals:
-            if dec.face != f:
-                continue
-            a0, a1, b0, b1 = dec.rect
-            m = (uu >= a0) & (uu <= a1) & (vv >= b0) & (vv <= b1)
-            if m.any():
-                albedo[idx[m]] = _texture(dec.material, uu[m] - a0, vv[m] - b0, tile, 12)
-                emissive[idx[m]] = dec.material.emissive
-        # Ambient occlusion near the room's edges: distance to the nearest other room plane.
-        dists = [px[idx], lx - px[idx], py[idx], ly - py[idx], pz[idx], lz - pz[idx]]
-        dists[f] = np.full(idx.size, np.inf, np.float32)
-        dmin = np.minimum.reduce(dists)
-        ao[idx] *= 1.0 - 0.35 * np.exp(-dmin / 0.35)
+                surface.albedo[idx[sk]] = _texture(scene.skirting, uu[sk], vv[sk], tile, 11)
+        _paint_decals(scene.decals, f, idx, uu, vv, surface, tile)
+        surface.ao[idx] *= _room_edge_occlusion(scene.room, f, hits.px[idx], hits.py[idx], hits.pz[idx])
+    return room_idx[room_face == 4]
 
+
+def _paint_decals(decals, f, idx, uu, vv, surface: _Surface, tile):
+    """Paints the decals of room face ``f`` over its pixels ``idx`` at surface coordinates (uu, vv)."""
+    for dec in decals:
+        if dec.face != f:
+            continue
+        a0, a1, b0, b1 = dec.rect
+        m = (uu >= a0) & (uu <= a1) & (vv >= b0) & (vv <= b1)
+        if m.any():
+            surface.albedo[idx[m]] = _texture(dec.material, uu[m] - a0, vv[m] - b0, tile, 12)
+            surface.emissive[idx[m]] = dec.material.emissive
+
+
+def _room_edge_occlusion(room, f, px, py, pz):
+    """Ambient-occlusion factor near the room's edges: distance to the nearest other room plane."""
+    lx, ly, lz = room
+    dists = [px, lx - px, py, ly - py, pz, lz - pz]
+    dists[f] = np.full(px.size, np.inf, np.float32)
+    dmin = np.minimum.reduce(dists)
+    return 1.0 - 0.35 * np.exp(-dmin / 0.35)
+
+
+def _shade_boxes(scene: Scene, hits: _Hits, surface: _Surface, tile):
+    """Normals, albedo and contact darkening of the furniture's pixels."""
     for k, box in enumerate(scene.boxes):
-        idx = np.flatnonzero(objf == k)
+        idx = np.flatnonzero(hits.obj == k)
         if idx.size == 0:
             continue
         c, s = math.cos(box.yaw), math.sin(box.yaw)
-        rx, ry = px[idx] - box.center[0], py[idx] - box.center[1]
-        bx, by, bz = c * rx + s * ry, -s * rx + c * ry, pz[idx]
+        rx, ry = hits.px[idx] - box.center[0], hits.py[idx] - box.center[1]
+        bx, by, bz = c * rx + s * ry, -s * rx + c * ry, hits.pz[idx]
         hx, hy = box.half
         # Which face: the coordinate closest to its boundary, in units of the extent.
         ex = np.abs(np.abs(bx) - hx)
@@ -856,67 +988,82 @@ def render_scene(scene: Scene, size, holes: bool = False, rng: np.random.Generat
         nx_l = np.where(which == 0, sign_x, 0.0)
         ny_l = np.where(which == 1, sign_y, 0.0)
         nz = np.where(which == 2, np.where(bz > 0.5 * (box.z0 + box.z1), 1.0, -1.0), 0.0)
-        normal[idx, 0] = c * nx_l - s * ny_l
-        normal[idx, 1] = s * nx_l + c * ny_l
-        normal[idx, 2] = nz
+        surface.normal[idx, 0] = c * nx_l - s * ny_l
+        surface.normal[idx, 1] = s * nx_l + c * ny_l
+        surface.normal[idx, 2] = nz
         uu = np.where(which == 0, by, bx)
         vv = np.where(which == 2, by, bz)
-        albedo[idx] = _texture(box.material, uu + 7.0 * k, vv, tile, 20 + k)
-        ao[idx] *= 1.0 - 0.3 * np.exp(-bz / 0.12)  # contact darkening near the floor
+        surface.albedo[idx] = _texture(box.material, uu + 7.0 * k, vv, tile, 20 + k)
+        surface.ao[idx] *= 1.0 - 0.3 * np.exp(-bz / 0.12)  # contact darkening near the floor
 
-    # Floor: contact darkening around and under each box.
-    if floor_idx.size:
-        fx_, fy_ = px[floor_idx], py[floor_idx]
-        for box in scene.boxes:
-            reach = 0.4 + box.z0
-            corners = box.corners()
-            m = ((fx_ > corners[:, 0].min() - reach) & (fx_ < corners[:, 0].max() + reach)
-                 & (fy_ > corners[:, 1].min() - reach) & (fy_ < corners[:, 1].max() + reach))
-            sel = np.flatnonzero(m)
-            if sel.size == 0:
-                continue
-            c, s = math.cos(box.yaw), math.sin(box.yaw)
-            rx, ry = fx_[sel] - box.center[0], fy_[sel] - box.center[1]
-            ddx = np.maximum(np.abs(c * rx + s * ry) - box.half[0], 0.0)
-            ddy = np.maximum(np.abs(-s * rx + c * ry) - box.half[1], 0.0)
-            dist = np.sqrt(ddx * ddx + ddy * ddy)
-            strength = 0.5 * math.exp(-box.z0 / 0.8)
-            ao[floor_idx[sel]] *= 1.0 - strength * np.exp(-dist / (0.1 + 0.4 * box.z0))
 
-    # Lambertian lights with hard floor shadows cast by the furniture, plus ambient.
-    nx, ny, nzz = normal[:, 0], normal[:, 1], normal[:, 2]
-    irr = np.zeros((n_pix, 3), np.float32)
+def _floor_contact_shadow(scene: Scene, hits: _Hits, floor_idx, ao):
+    """Darkens ``ao`` in place on the floor around and under each box."""
+    if not floor_idx.size:
+        return
+    fx_, fy_ = hits.px[floor_idx], hits.py[floor_idx]
+    for box in scene.boxes:
+        reach = 0.4 + box.z0
+        corners = box.corners()
+        m = ((fx_ > corners[:, 0].min() - reach) & (fx_ < corners[:, 0].max() + reach)
+             & (fy_ > corners[:, 1].min() - reach) & (fy_ < corners[:, 1].max() + reach))
+        sel = np.flatnonzero(m)
+        if sel.size == 0:
+            continue
+        c, s = math.cos(box.yaw), math.sin(box.yaw)
+        rx, ry = fx_[sel] - box.center[0], fy_[sel] - box.center[1]
+        ddx = np.maximum(np.abs(c * rx + s * ry) - box.half[0], 0.0)
+        ddy = np.maximum(np.abs(-s * rx + c * ry) - box.half[1], 0.0)
+        dist = np.sqrt(ddx * ddx + ddy * ddy)
+        strength = 0.5 * math.exp(-box.z0 / 0.8)
+        ao[floor_idx[sel]] *= 1.0 - strength * np.exp(-dist / (0.1 + 0.4 * box.z0))
+
+
+def _irradiance(scene: Scene, hits: _Hits, normal, floor_idx):
+    """Irradiance (H * W, 3): ambient plus Lambertian lights, with hard floor shadows cast by
+    the furniture."""
+    nzz = normal[:, 2]
+    irr = np.zeros((normal.shape[0], 3), np.float32)
     amb = scene.ambient * (0.85 + 0.15 * nzz)  # a little more sky light on upward faces
     irr += amb[:, None]
     for light in scene.lights:
-        if light.position is not None:
-            lxp, lyp, lzp = light.position
-            vx, vy, vz = lxp - px, lyp - py, lzp - pz
-            dist = np.sqrt(vx * vx + vy * vy + vz * vz) + 1e-6
-            lam = np.maximum((nx * vx + ny * vy + nzz * vz) / dist, 0.0)
-            lam *= light.intensity / (1.0 + (dist / light.falloff) ** 2)
-        else:
-            lam = np.maximum(nx * light.direction[0] + ny * light.direction[1]
-                             + nzz * light.direction[2], 0.0) * light.intensity
-        lam = lam.astype(np.float32)
+        lam = _lambert(light, hits, normal).astype(np.float32)
         if floor_idx.size and scene.boxes:
-            lam[floor_idx] *= ~_floor_shadow(scene.boxes, light, px[floor_idx], py[floor_idx])
+            lam[floor_idx] *= ~_floor_shadow(scene.boxes, light, hits.px[floor_idx], hits.py[floor_idx])
         irr += lam[:, None] * np.asarray(light.color, np.float32)[None, :]
+    return irr
 
-    linear = (albedo**2.2) * irr * ao[:, None] * scene.exposure
+
+def _lambert(light: Light, hits: _Hits, normal):
+    """Unshadowed irradiance (H * W,) from one point or directional light."""
+    nx, ny, nzz = normal[:, 0], normal[:, 1], normal[:, 2]
+    if light.position is not None:
+        lxp, lyp, lzp = light.position
+        vx, vy, vz = lxp - hits.px, lyp - hits.py, lzp - hits.pz
+        dist = np.sqrt(vx * vx + vy * vy + vz * vz) + 1e-6
+        lam = np.maximum((nx * vx + ny * vy + nzz * vz) / dist, 0.0)
+        lam *= light.intensity / (1.0 + (dist / light.falloff) ** 2)
+        return lam
+    return np.maximum(nx * light.direction[0] + ny * light.direction[1]
+                      + nzz * light.direction[2], 0.0) * light.intensity
+
+
+def _expose(scene: Scene, surface: _Surface, irr, rng):
+    """Linear light -> sRGB uint8 (H * W, 3), with the sensor noise ``rng`` draws (if given)."""
+    albedo, emissive = surface.albedo, surface.emissive
+    linear = (albedo**2.2) * irr * surface.ao[:, None] * scene.exposure
     linear[emissive] = albedo[emissive] ** 2.2  # windows glow regardless of the lights
     img = np.clip(linear, 0.0, 1.0) ** (1 / 2.2)
     if rng is not None and scene.sensor_noise > 0:
         img = img + rng.normal(0.0, scene.sensor_noise, img.shape).astype(np.float32)
-    rgb = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8).reshape(h, w, 3)
+    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
-    depth = t.astype(np.float32)
-    if not holes:
-        return rgb, np.clip(depth, MIN_DEPTH, MAX_DEPTH).astype(np.float32)
-    cosi = np.abs(nx * dxf + ny * dyf + nzz * dzf) / np.sqrt(dxf * dxf + dyf * dyf + dzf * dzf)
-    invalid = _holes_mask(depth, obj, cosi.reshape(h, w), scene.holes)
-    depth[invalid] = 0.0
-    return rgb, depth
+
+def _incidence_cos(hits: _Hits, normal):
+    """|cos| of the angle between each pixel's ray and the surface normal, (H * W,)."""
+    nx, ny, nzz = normal[:, 0], normal[:, 1], normal[:, 2]
+    dxf, dyf, dzf = hits.dx, hits.dy, hits.dz
+    return np.abs(nx * dxf + ny * dyf + nzz * dzf) / np.sqrt(dxf * dxf + dyf * dyf + dzf * dzf)
 
 
 def _floor_shadow(boxes, light: Light, fx_, fy_):
