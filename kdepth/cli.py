@@ -11,6 +11,7 @@ import click
 # TensorFlow's C++ start-up chatter hides the messages users need; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from kdepth.config import choices  # noqa: E402
 from kdepth.errors import KdepthError  # noqa: E402
 
 
@@ -230,12 +231,12 @@ def show(source, out, split, count, config_path, sets):
 @click.option("--init", "init", default=None, type=click.Path(), help="Start from this .keras model or stage folder instead of the previous stage.")
 @click.option("--overfit", default=0, type=click.IntRange(min=0), help="Train on N training images until they are fitted (pipeline check).")
 @click.option(
-    "--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default=None,
+    "--strategy", type=click.Choice(choices("train", "strategy")), default=None,
     help="default: one device; mirrored: every GPU of this machine; multiworker: several machines, one process each, "
     "described by TF_CONFIG [default: train.strategy].",
 )
 @click.option(
-    "--on-nan", "on_nan", type=click.Choice(["stop", "skip-batch"]), default=None,
+    "--on-nan", "on_nan", type=click.Choice(choices("train", "on_nan")), default=None,
     help="A non-finite loss: stop (keep the last backup, name the term) or skip-batch (skip that batch's update; "
     "stops after 10 in a row) [default: train.on_nan].",
 )
@@ -249,12 +250,12 @@ def fit(stage, data_spec, name, backbone_weights, init, overfit, strategy, on_na
 
     \b
     Examples:
-      kdepth fit --stage 1                                  # quickstart: synthetic rooms, ~5 min on 2 CPU cores
+      kdepth fit --stage 1                                  # quickstart: synthetic rooms (README: Quickstart)
       kdepth fit --stage 2                                  # scale 3 on top of stage 1
       kdepth fit --stage 1 --config configs/paper.toml --data tfds:~/tensorflow_datasets
       kdepth fit --overfit 3                                # can the network fit 3 images?
       kdepth fit --strategy mirrored                        # every GPU of this machine
-      TF_CONFIG='{...}' kdepth fit --strategy multiworker   # on each machine (README: several machines)
+      TF_CONFIG='{...}' kdepth fit --strategy multiworker   # on each machine (docs/distributed.md)
       tensorboard --logdir runs
     """
     from kdepth.training.fit import fit as run_fit
@@ -275,7 +276,7 @@ def fit(stage, data_spec, name, backbone_weights, init, overfit, strategy, on_na
     click.echo(result.format())
     if overfit:
         click.echo(f"overfit {overfit} images: final training RMSE {result.val['rmse']:.4f} m, delta1 {result.val['delta1']:.3f}")
-    elif result.val["delta1"] <= result.baseline["delta1"]:
+    elif (result.val or result.train)["delta1"] <= result.baseline["delta1"]:
         click.echo("warning: the model does not beat the mean-depth baseline yet; train longer or check the data.")
 
 
@@ -286,10 +287,10 @@ def fit(stage, data_spec, name, backbone_weights, init, overfit, strategy, on_na
 @click.option("--model", "model_path", required=True, help="A run folder, stage folder or .keras file, a SavedModel folder, or a .tflite file.")
 @click.option("--data", "data_spec", default=None, help="Data source: synthetic, a folder, a manifest .txt, tfds[:DIR], or a .mat file [default: data.source].")
 @click.option("--split", default=None, help="Split to evaluate [default: data.test_split, or the source's only split].")
-@click.option("--protocol", type=click.Choice(["eigen", "full"]), default=None, help="eigen: Eigen crop + 1e-3 < gt < 10 m; full: every valid pixel [default: eval.protocol].")
+@click.option("--protocol", type=click.Choice(choices("eval", "protocol")), default=None, help="eigen: Eigen crop + 1e-3 < gt < 10 m; full: every valid pixel [default: eval.protocol].")
 @click.option("--flip-tta/--no-flip-tta", default=None, help="Average each prediction with that of the left-right flipped image [default: eval.flip_tta].")
-@click.option("--align", type=click.Choice(["none", "median", "scale-shift"]), default=None, help="Align predictions to the ground truth per image, for relative-depth models [default: eval.align].")
-@click.option("--input-range", type=click.Choice(["0-255", "0-1"]), default="0-255", show_default=True, help="Pixel range the model takes (kdepth models: 0-255).")
+@click.option("--align", type=click.Choice(choices("eval", "align")), default=None, help="Align predictions to the ground truth per image, for relative-depth models [default: eval.align].")
+@click.option("--input-range", type=click.Choice(choices("eval", "input_range")), default="0-255", show_default=True, help="Pixel range the model takes (kdepth models: 0-255).")
 @click.option("--output-scale", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True, help="Multiplies the model's raw output to give metres (e.g. 0.001 for millimetres).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="LiteRT threads for a .tflite model [default: LiteRT's choice].")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
@@ -314,12 +315,13 @@ def evaluate(model_path, data_spec, split, protocol, flip_tta, align, input_rang
 
     from kdepth.data.sources import open_source, resolve_split
     from kdepth.evaluation import evaluate as run_evaluate
-    from kdepth.inference import load_depth_model, resolve_model_path
+    from kdepth.inference import load_depth_model
+    from kdepth.paths import resolve_model_path, run_config_path
 
     if config_path is None:
         kind, resolved = resolve_model_path(model_path)
-        run_config = resolved.parent / "config.toml"
-        if kind == "keras" and run_config.is_file():
+        run_config = run_config_path(resolved) if kind == "keras" else None
+        if run_config is not None:
             config_path = str(run_config)
             click.echo(f"config: {run_config} (the run's own; --config overrides it)")
     config = resolve_config(config_path, sets, data=data_spec)
@@ -361,7 +363,7 @@ def evaluate(model_path, data_spec, split, protocol, flip_tta, align, input_rang
     metavar="FX,FY,CX,CY[@HxW]",
     help="Camera intrinsics in pixels for --pointcloud, at each image's own size, or at size HxW and scaled to each image [default: NYU's, 640x480, scaled to each image].",
 )
-@click.option("--input-range", type=click.Choice(["0-255", "0-1"]), default="0-255", show_default=True, help="Pixel range the model takes (kdepth models: 0-255).")
+@click.option("--input-range", type=click.Choice(choices("eval", "input_range")), default="0-255", show_default=True, help="Pixel range the model takes (kdepth models: 0-255).")
 @click.option("--output-scale", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True, help="Multiplies the model's raw output to give metres.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="LiteRT threads for a .tflite model [default: LiteRT's choice].")
 @_handle_errors
@@ -401,7 +403,7 @@ def predict(model_path, inputs, out, npy, pointcloud, intrinsics, input_range, o
     "--quantize",
     "quantize",
     multiple=True,
-    type=click.Choice(["none", "fp16", "dynamic", "int8"]),
+    type=click.Choice(choices("export", "quantize")),
     help="TFLite variant to write (repeatable): none = float32, fp16 = float16 weights, dynamic = int8 weights, int8 = full integer [default: export.quantize].",
 )
 @click.option("--data", "data_spec", default=None, help="Data source for int8 calibration (train split) and the parity images (val split) [default: the run's data source].")

@@ -115,8 +115,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "jit_compile": Key(False, "bool", "compile the train step with XLA"),
         "strategy": Key("default", "str", "tf.distribute: default (one device), mirrored (this machine's devices), multiworker (TF_CONFIG)", ("default", "mirrored", "multiworker")),
         "devices": Key([], "str_list", "mirrored: devices to use, e.g. [\"GPU:0\", \"GPU:1\"]; [] = every GPU (or the CPU)"),
-        # 500: a kill loses at most 500 batches (~17 min at the 2 s/step of the default model on 2
-        # CPU cores) while its 538 MB backup, 1-3 s to write, costs < 0.3% of the time.
+        # 500: a kill loses little work while writing the backup costs well under 1% of the time
+        # (docs/fault-tolerance.md, Backups, has the measured figures).
         "backup_every": Key(500, "int", "back up every N batches as well as every epoch (0 = epochs only)", min=0),
         "on_nan": Key("stop", "str", "non-finite loss: stop (keep the last backup, name the term) or skip-batch (skip that update)", ("stop", "skip-batch")),
         "tensorboard_images": Key(4, "int", "validation images drawn in TensorBoard each epoch (0 = none)", min=0),

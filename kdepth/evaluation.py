@@ -340,14 +340,6 @@ def _run_config_of(model_path):
     return load_config([path]) if path is not None else None
 
 
-def default_split(source, wanted="test"):
-    """`wanted` if the source has it, else its only split; raises the source's error otherwise."""
-    splits = list(source.splits())
-    if wanted in splits or len(splits) != 1:
-        return wanted
-    return splits[0]
-
-
 def _predict_batch(model, samples, flip_tta, min_depth):
     """(ground truth, prediction, flip consistency) per sample; one model call for the images and their flips."""
     x = np.stack([resize_image(rgb, model.input_size) for rgb, _ in samples])
@@ -368,7 +360,8 @@ def evaluate(model, source, split=None, *, protocol="eigen", flip_tta=False, ali
         model: a `kdepth.inference.DepthModel`, or a path `kdepth.load` reads.
         source: a `kdepth.data.sources.Source`, or a data spec as for `kdepth fit --data`
             ("synthetic", a folder, a manifest .txt, "tfds[:DIR]", a .mat file).
-        split: the split to evaluate; None = "test", or the source's only split.
+        split: the split to evaluate; None = "test", or the source's only split
+            (`kdepth.data.sources.resolve_split`).
         protocol: "eigen" or "full".
         flip_tta: average each prediction with the un-flipped prediction of the flipped image.
         align: "none", "median" or "scale-shift" per image (for relative-depth models).
@@ -389,8 +382,10 @@ def evaluate(model, source, split=None, *, protocol="eigen", flip_tta=False, ali
     import time
 
     _check_protocol(protocol, align, min_depth, max_depth)
+    from kdepth.data.sources import resolve_split
+
     model, source = _model_and_source(model, source, config)
-    split = default_split(source) if split is None else split
+    split, _ = resolve_split(source, split, "test")
     if limit is not None and int(limit) < 1:
         raise KdepthError(f"limit received {limit!r}; allowed: an integer >= 1, or None for the whole split.")
     start = time.perf_counter()

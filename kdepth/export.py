@@ -63,8 +63,9 @@ from kdepth.paths import resolve_model_path, run_config_path
 
 QUANTIZATIONS = choices("export", "quantize")
 # Per-pixel gate |form - keras| <= rtol * max(keras depth, 1 m), for the float forms only.
-# SavedModel runs the same TF kernels as Keras (measured ~1e-6); TFLite float32 uses other
-# kernels (XNNPACK, measured ~1e-6); fp16 rounds the weights to 11 significant bits (~5e-4).
+# SavedModel runs the same TF kernels as Keras; TFLite float32 uses other kernels (XNNPACK); fp16
+# rounds the weights to 11 significant bits. The measured differences are in
+# docs/evaluate-export-predict.md.
 PARITY_RTOL = {"saved_model": 1e-4, "none": 1e-3, "fp16": 1e-2}
 PARITY_IMAGES = 8  # validation images the parity check runs
 PARITY_FLOOR_M = 1.0  # below 1 m the tolerance is absolute (rtol metres)

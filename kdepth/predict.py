@@ -41,7 +41,7 @@ HUGE_FACTOR = 4  # an image more than 4x the model's input size (either side) is
 DEPTH_SCALE = 1000.0  # PNG units per metre: millimetres
 MIN_COLOR_WIDTH = 240  # colour pictures are padded to this width so the bar's labels fit
 # Outputs are encoded in bands of rows: the encoders work in float64, 8 bytes a pixel, which for
-# a 10000x10000 photo would be GBs at once (measured: 5.1 GB peak before, see README).
+# a 10000x10000 photo would be GBs at once (docs/bad-input.md has the measured peak).
 CHUNK_ROWS = 512
 
 
@@ -260,7 +260,7 @@ def predict_depth(model, rgb):
     shrink does not alias) and the depth back to (H0, W0). An image more than `HUGE_FACTOR`
     times the input size in a side is first box-averaged by an integer factor per axis, in
     uint8 (PIL's `Image.reduce`), to at most twice the input size: the antialiased resize works
-    in float32, which for a 10000x10000 photo would be 1.2 GB on top of its 300 MB of pixels.
+    in float32, which for a 10000x10000 photo is four times the bytes of its uint8 pixels.
     """
     h0, w0 = rgb.shape[:2]
     ih, iw = model.input_size

@@ -138,8 +138,7 @@ def weights_file_bytes(n_weights, n_trainable, optimizer="adam", sub_optimizers=
 
     4 bytes x (every weight + slots x trained weights). Keras stores a MultiOptimizer's slot
     variables twice (under the wrapper and under each sub-optimizer), hence the factor 2 with
-    `sub_optimizers`; measured: 339.5 MB for 16,962,017 weights trained with Adam, predicted
-    339.2 MB.
+    `sub_optimizers` (docs/fault-tolerance.md compares the estimate with a measured file).
     """
     slots = OPTIMIZER_SLOTS.get(optimizer, 2) * (2 if sub_optimizers else 1)
     return BYTES_PER_VALUE * (n_weights + slots * n_trainable)

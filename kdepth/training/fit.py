@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from kdepth.config import save_config
 from kdepth.data.pipeline import dataset_from_config
-from kdepth.data.sources import open_source
+from kdepth.data.sources import open_source, resolve_splits
 from kdepth.errors import DataError, KdepthError
 from kdepth.metrics import training_metrics
 from kdepth.models import check_network_size, dtype_policy
@@ -40,7 +40,7 @@ class FitResult:
     stage_dir: Path
     model_path: Path
     train: dict
-    val: dict
+    val: dict | None  # None when the data has no validation split
     baseline: dict
     mean_depth: float
     epochs_run: int
@@ -48,7 +48,9 @@ class FitResult:
     collapsed_epochs: list
 
     def format(self):
-        rows = [("train (no augmentation)", self.train), ("val", self.val), (f"val, mean-depth baseline ({self.mean_depth:.2f} m)", self.baseline)]
+        held_out = "val" if self.val is not None else "train"
+        rows = [("train (no augmentation)", self.train), ("val", self.val)][: 2 if self.val is not None else 1]
+        rows.append((f"{held_out}, mean-depth baseline ({self.mean_depth:.2f} m)", self.baseline))
         width = max(len(r[0]) for r in rows) + 2
         lines = ["".ljust(width) + "".join(f"{m:>9}" for m in METRIC_NAMES)]
         for label, values in rows:
@@ -101,15 +103,19 @@ def final_metrics(config, network, source, final_scale, val_split):
 
     Without augmentation, on the whole validation split and on as many training images, so runs
     with different batch sizes or val_steps compare. The baseline predicts the mean ground-truth
-    depth of up to MEAN_DEPTH_SAMPLES training images everywhere.
+    depth of up to MEAN_DEPTH_SAMPLES training images everywhere. Without a validation split
+    (`val_split` None) val is None and the baseline is measured on up to MEAN_DEPTH_SAMPLES
+    training images.
     """
     d, batch = config.data, config.train.batch_size
-    n_val = source.num_samples(val_split)
-    steps = math.ceil(n_val / batch)
+    n = source.num_samples(val_split) if val_split else min(source.num_samples(d.train_split), MEAN_DEPTH_SAMPLES)
+    steps = math.ceil(n / batch)
     eval_train, _ = dataset_from_config(config, d.train_split, training=False, source=source)
-    eval_val, _ = dataset_from_config(config, val_split, training=False, source=source)
     mean_depth = mean_train_depth(eval_train, steps=math.ceil(MEAN_DEPTH_SAMPLES / batch))
     train = _metrics_on(network, eval_train, steps, final_scale)
+    if not val_split:
+        return mean_depth, train, None, _metrics_on(network, eval_train, steps, final_scale, constant=mean_depth)
+    eval_val, _ = dataset_from_config(config, val_split, training=False, source=source)
     val = _metrics_on(network, eval_val, steps, final_scale)
     baseline = _metrics_on(network, eval_val, steps, final_scale, constant=mean_depth)
     return mean_depth, train, val, baseline
@@ -209,7 +215,8 @@ class _Stage:
     epochs: int = 0
     val_split: str = ""
     train_ds: object = None
-    val_ds: object = None
+    val_ds: object = None  # None without a validation split
+    sample_ds: object = None  # flip groups the image and collapse callbacks draw
 
 
 def _fit(run):
@@ -224,10 +231,16 @@ def _fit(run):
 
 
 def _open_data(run):
+    """Opens the source and settles the splits (a one-split source trains on it, maybe unvalidated)."""
     d = run.config.data
     run.source = open_source(d, run.config.model.input_size)
-    run.n_train = _count(run.source, d.train_split, "training split")
-    run.n_val = _count(run.source, d.val_split, "validation split")
+    train, val, note = resolve_splits(run.source, d.train_split, d.val_split)
+    if note:
+        run.echo(note)
+    run.config = run.config.replace(data__train_split=train)
+    run.n_train = _count(run.source, train, "training split")
+    run.n_val = _count(run.source, val, "validation split") if val else 0
+    run.val_split = val
 
 
 def _build(run):
@@ -251,11 +264,14 @@ def _datasets(run):
     run.epochs = t.epochs
     train_ds, _ = dataset_from_config(config, d.train_split, training=True, source=run.source, repeat=True)
     run.train_ds = distribute.shard_by_data(train_ds, run.dist)
-    run.val_split = d.train_split if run.overfit else d.val_split
+    if run.overfit:
+        run.val_split = d.train_split
     # Validation sees the same flip groups as training, so val_loss and val_set compare with
     # their training values; the final figures use the plain images.
-    val_ds, _ = dataset_from_config(config, run.val_split, training=False, source=run.source, flip_group=d.flip_group)
-    run.val_ds = distribute.shard_by_data(val_ds, run.dist)
+    sample_split = run.val_split or d.train_split
+    sample_ds, _ = dataset_from_config(config, sample_split, training=False, source=run.source, flip_group=d.flip_group)
+    run.sample_ds = distribute.shard_by_data(sample_ds, run.dist)
+    run.val_ds = run.sample_ds if run.val_split else None
     batch_images = t.batch_size * len(d.flip_group)
     run.echo(_stage_summary(run.stage, run.parts, config, run.steps, batch_images, run.n_train, run.n_val))
 
@@ -263,7 +279,7 @@ def _datasets(run):
 def _callbacks(run):
     """The stage's callbacks, in the order they must run; returns (list, {name: callback})."""
     t, trainer, network, out = run.config.train, run.parts.trainer, run.parts.network, run.out
-    sample_images, sample_target = next(iter(run.val_ds.take(1)))
+    sample_images, sample_target = next(iter(run.sample_ds.take(1)))
     trainer(sample_images[:1])  # BackupAndRestore needs a built model
     n = max(t.tensorboard_images, 1)
     images, depths = sample_images[:n, 0], (sample_target["depth"] * sample_target["mask"])[:n, 0]
@@ -293,11 +309,12 @@ def _callbacks(run):
             out / "backup", run.steps, save_every=t.backup_every, batch_size=t.batch_size,
             interrupt=cb.InterruptRequest(run.echo), echo=run.echo,
         )
-        callbacks = [cb.ResumedEpoch(run.steps)] + callbacks + [  # first: ends an epoch resumed mid-way
-            cb.AtomicCheckpoint(out / "last.weights.h5"),
-            cb.AtomicCheckpoint(out / "best.weights.h5", monitor="val_delta1", mode="max"),
-            guards["backup"],  # last: after NonFiniteGuard, so a non-finite batch is never backed up
-        ]
+        checkpoints_ = [cb.AtomicCheckpoint(out / "last.weights.h5")]
+        if run.val_ds is not None:  # "best" needs a validation figure
+            checkpoints_.append(cb.AtomicCheckpoint(out / "best.weights.h5", monitor="val_delta1", mode="max"))
+        # ResumedEpoch first: it ends an epoch resumed mid-way. The backup last: after
+        # NonFiniteGuard, so a non-finite batch is never backed up.
+        callbacks = [cb.ResumedEpoch(run.steps), *callbacks, *checkpoints_, guards["backup"]]
     if run.dist.name == "multiworker":  # once the backup is restored: did every worker restore the same state?
         callbacks.append(distribute.WorkersAgree(run.dist, out if run.dist.is_chief else out.parent))
     return callbacks, guards
@@ -313,7 +330,7 @@ def _train(run, callbacks, backup):
         initial_epoch, train_ds = 0, run.train_ds
         if backup is not None:
             initial_epoch, train_ds = _resume(backup, run.parts.trainer, train_ds, callbacks, run.steps, run.epochs, run.dist, run.echo)
-        val_steps = t.val_steps or max(1, math.ceil(run.n_val / t.batch_size))
+        val_steps = (t.val_steps or max(1, math.ceil(run.n_val / t.batch_size))) if run.val_ds is not None else None
         return run.parts.trainer.fit(
             train_ds,
             epochs=run.epochs,
