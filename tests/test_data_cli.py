@@ -1,8 +1,7 @@
-"""`kdepth data check` and `kdepth evaluate` on a manifest whose file name names no split."""
+"""`kdepth data check`, `evaluate` and `fit` on a manifest whose file name names no split."""
 
 import json
 
-import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -27,11 +26,11 @@ def _pairs_manifest(root, n=3):
 
 @pytest.fixture(scope="module")
 def flat_model(tmp_path_factory):
-    """A one-input Keras model with a 'scale1' output: depth 2 m everywhere, whatever the image."""
-    image = keras.Input((16, 16, 3), name="image")
-    depth = keras.layers.Conv2D(1, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(2.0))(image)
+    """An untrained tiny kdepth network: its zero heads predict 2 m everywhere, whatever the image."""
+    from kdepth.models import DepthNetwork
+
     path = tmp_path_factory.mktemp("model") / "model.keras"
-    keras.Model(image, {"scale1": depth}).save(path)
+    DepthNetwork(input_size=(32, 32), scales=1, coarse_hidden=16).save(path)
     return path
 
 
@@ -56,3 +55,20 @@ def test_evaluate_reads_a_split_less_manifest_without_split(tmp_path, flat_model
     # A split the manifest does not have is still refused by name.
     wrong = CliRunner().invoke(main, [*args[:-2], "--split", "test"])
     assert wrong.exit_code == 1 and "split 'test' is unknown; available: ['all']" in wrong.output
+
+
+def test_fit_trains_on_a_split_less_manifest_and_says_there_is_no_validation_split(tmp_path, tiny_config):
+    from kdepth.training.fit import fit
+
+    manifest = _pairs_manifest(tmp_path, n=4)
+    config = tiny_config("pairs", "data.source=manifest", f'data.root="{manifest}"', "train.epochs=1", "train.steps_per_epoch=2")
+    said = []
+    result = fit(config, echo=said.append)
+    assert any(
+        f"training on 'all', the only split of manifest:{manifest}" in line and "no validation split" in line for line in said
+    ), said
+    assert result.val is None and result.model_path.is_file()
+    assert "train, mean-depth baseline" in result.format() and "\nval " not in result.format()
+    summary = json.loads((result.stage_dir / "summary.json").read_text())
+    assert summary["val"] is None and summary["train"]["delta1"] >= 0 and summary["baseline"]["delta1"] >= 0
+    assert not (result.stage_dir / "best.weights.h5").exists()  # "best" needs a validation figure
