@@ -315,10 +315,9 @@ def _model_and_source(model, source, config):
     """A `DepthModel` and a `Source` from what `evaluate` was given (objects, paths or a data spec)."""
     from kdepth.inference import load_depth_model
 
-    run_config = None
     if isinstance(model, (str, Path)):
-        run_config = _run_config_of(model)
         model = load_depth_model(model)
+    run_config = _run_config_of(model.path) if model.kind == "keras" else None
     if isinstance(source, (str, Path)):
         from kdepth.config import defaults
         from kdepth.data.sources import open_source, parse_data_spec
