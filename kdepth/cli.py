@@ -2,16 +2,16 @@
 
 import functools
 import gc
-import os
 import shlex
 import sys
 
 import click
 
-# TensorFlow's C++ start-up chatter hides the messages users need; errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from kdepth import quiet
+from kdepth.errors import KdepthError
 
-from kdepth.errors import KdepthError  # noqa: E402
+# TensorFlow's C++ start-up chatter hides the messages users need; errors still show.
+quiet.configure_environment()
 
 
 def _handle_errors(fn):
@@ -19,6 +19,7 @@ def _handle_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        quiet.start_tensorflow()  # before any command imports TensorFlow: no start-up chatter
         try:
             return fn(*args, **kwargs)
         except KdepthError as e:
@@ -78,7 +79,12 @@ def _parse_size(text):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kdepth")
-def main():
+@click.option(
+    "--tf-log", is_flag=True,
+    help="Show TensorFlow's and CUDA's own start-up and log lines (hidden by default on a machine without an "
+    "NVIDIA GPU; with a GPU only the harmless ones are hidden). Same as the environment variable KDEPTH_TF_LOG=1.",
+)
+def main(tf_log):
     """kdepth: predict depth from a single RGB image (Li, Klein & Yao's three-scale network).
 
     \b
@@ -87,6 +93,8 @@ def main():
       tensorboard --logdir runs            # watch it
       kdepth data show synthetic --out sheet.png
     """
+    if tf_log:
+        quiet.restore_tf_log()
 
 
 # ---------------------------------------------------------------------------------------- data
