@@ -224,13 +224,20 @@ def show(source, out, split, count, config_path, sets):
     help="A non-finite loss: stop (keep the last backup, name the term) or skip-batch (skip that batch's update; "
     "stops after 10 in a row) [default: train.on_nan].",
 )
+@click.option(
+    "--overwrite", is_flag=True,
+    help="Replace a finished stage in runs/NAME/stageN (kept aside until the new run finishes) instead of stopping.",
+)
 @config_options
 @_handle_errors
-def fit(stage, data_spec, name, backbone_weights, init, overfit, strategy, on_nan, config_path, sets):
+def fit(stage, data_spec, name, backbone_weights, init, overfit, strategy, on_nan, overwrite, config_path, sets):
     """Train one stage of the three-scale network.
 
     Re-running the same command after a crash resumes from the last backup, mid-epoch. Ctrl-C
     saves a backup at the next batch end and exits (code 130); run the same command to resume.
+    A finished stage is never overwritten (use --name NEW or --overwrite), one process at a
+    time trains a run folder, and a resume with settings that change the model, the data or
+    their order is refused.
 
     \b
     Examples:
@@ -251,7 +258,7 @@ def fit(stage, data_spec, name, backbone_weights, init, overfit, strategy, on_na
     from kdepth.training.callbacks import TrainingInterrupted
 
     try:
-        result = run_fit(config, stage=stage, overfit=overfit, echo=click.echo)
+        result = run_fit(config, stage=stage, overfit=overfit, overwrite=overwrite, echo=click.echo)
     except TrainingInterrupted as e:
         command = shlex.join(["kdepth", *sys.argv[1:]]) if sys.argv[1:2] == ["fit"] else "the same `kdepth fit ...` command"
         click.echo(f"\n{e}.\nResume with:\n  {command}", err=True)

@@ -22,7 +22,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdepth.config import save_config
 from kdepth.data.pipeline import dataset_from_config
 from kdepth.data.sources import open_source
 from kdepth.errors import DataError, KdepthError
@@ -35,6 +34,7 @@ from kdepth.models.network import (
 )
 from kdepth.training import callbacks as cb
 from kdepth.training import checkpoints, distribute
+from kdepth.training.stage_guard import StageClaim
 from kdepth.training.trainer import DepthTrainer
 
 GROUPS = ("backbone", "coarse", "skip", "scale2", "scale3")
@@ -323,7 +323,7 @@ def _count(source, split, what):
         raise KdepthError(f"{what}: {e}") from e
 
 
-def fit(config, *, stage=None, overfit=0, echo=print):
+def fit(config, *, stage=None, overfit=0, overwrite=False, echo=print):
     """Trains one stage as the config says and returns a `FitResult`.
 
     Args:
@@ -331,6 +331,7 @@ def fit(config, *, stage=None, overfit=0, echo=print):
         stage: overrides config.train.stage.
         overfit: if > 0, train on the first `overfit` training images only, without
             augmentation, until they are fitted: the poster's pipeline check.
+        overwrite: replace a finished stage in the stage folder (else a `StageFinished` error).
         echo: where progress messages go.
     """
     stage = stage or config.train.stage
@@ -357,10 +358,9 @@ def fit(config, *, stage=None, overfit=0, echo=print):
         out = out.parent / f"overfit{overfit}"
     # Only the chief writes `out`; the other workers write a temporary folder inside it.
     work = distribute.write_dir(out, dist)
-    checkpoints.check_writable(work)  # an unwritable or impossible run folder fails now, not after an epoch
-    save_config(config, work)
-
-    with precision_policy(t.precision):
+    # One writer, a finished stage kept unless overwrite, a resume with the same settings; config.toml.
+    claim = StageClaim(out, work, config, stage, is_chief=dist.is_chief, overwrite=overwrite, final=not overfit, echo=echo)
+    with claim, precision_policy(t.precision):
         keras.utils.set_random_seed(t.seed)
         try:
             result = _fit(config, stage, overfit, work, echo, dist, init_path)
