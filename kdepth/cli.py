@@ -406,7 +406,7 @@ def export(model_path, out, quantize, data_spec, parity_images, config_path, set
     and OUT/metadata.json. Then runs every form on validation images and prints its difference
     to Keras and its delta1; a float form (SavedModel, none, fp16) beyond its tolerance makes
     the export fail with exit code 1. Without --config the run's own config.toml is used (with
-    any --set applied on top).
+    any --set applied on top). One export at a time writes OUT: a second one is refused.
 
     \b
     Examples:
@@ -419,9 +419,12 @@ def export(model_path, out, quantize, data_spec, parity_images, config_path, set
     # --set applies on top of the run's own config.toml unless --config names another file.
     config_path = config_path or resolve_model_source(model_path).config_path
     config = resolve_config(config_path, sets) if (config_path or sets) else None
-    report = export_model(
-        model_path, out, list(quantize) or None, config, data=data_spec, parity_images=parity_images, echo=click.echo
-    )
+    from kdepth.locks import output_folder_lock
+
+    with output_folder_lock(out, fix="wait for it, or use another --out", echo=click.echo):  # one export per OUT
+        report = export_model(
+            model_path, out, list(quantize) or None, config, data=data_spec, parity_images=parity_images, echo=click.echo
+        )
     click.echo(f"wrote {report.out_dir}: saved_model/, {', '.join(p.name for p in report.tflite.values()) or 'no .tflite'}, metadata.json")
 
 

@@ -80,12 +80,13 @@ class LockHolder:
     command: str
     token: str
     pid_start: int | None = None
+    folder: str | None = None  # the locked folder, resolved: a lock in a copy of it is stale
 
     @classmethod
-    def current(cls):
+    def current(cls, folder):
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         pid = os.getpid()
-        return cls(pid, socket.gethostname(), now, command_line(), uuid.uuid4().hex, _process_start(pid))
+        return cls(pid, socket.gethostname(), now, command_line(), uuid.uuid4().hex, _process_start(pid), str(folder))
 
     @classmethod
     def read(cls, path):
@@ -108,8 +109,11 @@ class LockHolder:
     def on_this_host(self):
         return self.host == socket.gethostname()
 
-    def running(self):
-        """True or False on this host; None for a process on another host (cannot be checked)."""
+    def running(self, folder):
+        """Whether the holder writes `folder`: True or False on this host, None for a process on
+        another host (cannot be checked). False for a lock copied from another folder."""
+        if self.folder is not None and self.folder != str(folder):
+            return False
         if not self.on_this_host():
             return None
         if not isinstance(self.pid, int) or not _pid_running(self.pid):
@@ -151,6 +155,7 @@ class FolderLock:
         self.path = self.folder / LOCK_NAME
         self.activity, self.fix, self.echo = activity, fix, echo
         self.holder = None  # our LockHolder while held
+        self._resolved = self.folder
         self._previous_sigterm = None
 
     # ------------------------------------------------------------------ taking
@@ -176,7 +181,7 @@ class FolderLock:
             temporary.unlink(missing_ok=True)
 
     def _busy(self, other):
-        if other.running() is None:
+        if other.running(self._resolved) is None:
             return FolderLocked(
                 f"{self.folder} is locked by {other.describe()}, another host: kdepth cannot tell from "
                 f"{socket.gethostname()} whether it still runs. If it does not, delete {self.path} and run "
@@ -199,22 +204,24 @@ class FolderLock:
         try:
             current = LockHolder.read(self.path)
             if current is not None and current.token == stale.token:
-                self.echo(f"{self.folder}: the lock of {stale.describe()} is stale (the process is gone); taking it over.")
+                why = "it was copied from another folder" if stale.folder not in (None, str(self._resolved)) else "the process is gone"
+                self.echo(f"{self.folder}: the lock of {stale.describe()} is stale ({why}); taking it over.")
                 self.path.unlink()
         finally:
             marker.unlink(missing_ok=True)
 
     def acquire(self):
         """Takes the lock; returns self. See the class for what it raises."""
-        holder = LockHolder.current()
         deadline = time.monotonic() + TAKEOVER_TIMEOUT_S
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            self._resolved = self.folder.resolve()
+            holder = LockHolder.current(self._resolved)
             while not self._create(holder):
                 other = LockHolder.read(self.path)
                 if other is None:
                     continue  # released in the meantime
-                if other.running() is not False:
+                if other.running(self._resolved) is not False:
                     raise self._busy(other)
                 if time.monotonic() > deadline:
                     raise self._busy(other)
@@ -254,3 +261,21 @@ class FolderLock:
             self._previous_sigterm = None
         self.release()
         return False
+
+
+@contextlib.contextmanager
+def output_folder_lock(folder, *, activity="being written", fix="wait for it", echo=print):
+    """Holds `folder`'s lock inside the block, creating the folder for it and removing it again
+    if it was created here and is left empty. A path that is a file is not locked (the writer's
+    own check reports it)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        yield None
+        return
+    created = not folder.exists()
+    try:
+        with FolderLock(folder, activity=activity, fix=fix, echo=echo) as lock:
+            yield lock
+    finally:
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()

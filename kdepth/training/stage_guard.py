@@ -156,7 +156,7 @@ class StageClaim:
     def __init__(self, out, work, config, stage, *, is_chief=True, overwrite=False, final=True, echo=print):
         self.out, self.work, self.config, self.stage = Path(out), Path(work), config, stage
         self.is_chief, self.overwrite, self.final, self.echo = is_chief, overwrite, final, echo
-        fix = f"wait for it, or use --name NEW (train.name; this one is {config.train.name!r})"
+        fix = "wait for it, or use --name NEW"
         self.lock = FolderLock(self.out, activity="being trained", fix=fix, echo=echo) if is_chief else None
         self.aside = None
 
