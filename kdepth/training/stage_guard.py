@@ -168,10 +168,11 @@ class StageClaim:
         if summary is not None:
             self.aside = move_aside(self.out)
             self.echo(f"--overwrite: the finished stage in {self.out} is moved to {self.aside} until this run finishes")
-        checkpoints.check_writable(self.work)  # an unwritable or impossible run folder fails now, not after an epoch
         save_config(self.config, self.work)
 
     def __enter__(self):
+        # An unwritable or impossible run folder fails now, with the reason (a probe file only).
+        checkpoints.check_writable(self.work)
         if self.lock is not None:
             self.lock.__enter__()
         try:
