@@ -14,12 +14,16 @@ from kdepth.errors import KdepthError
 quiet.configure_environment()
 
 
-def _handle_errors(fn):
-    """Turns a KdepthError into a one-line message and exit code 1 instead of a traceback."""
+def _handle_errors(fn, *, tensorflow=True):
+    """Turns a KdepthError into a one-line message and exit code 1 instead of a traceback.
+
+    With `tensorflow`, TensorFlow is imported first, without its start-up lines (`kdepth.quiet`).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        quiet.start_tensorflow()  # before any command imports TensorFlow: no start-up chatter
+        if tensorflow:
+            quiet.start_tensorflow()
         try:
             return fn(*args, **kwargs)
         except KdepthError as e:
@@ -444,7 +448,7 @@ def config():
 @config.command("show")
 @click.option("--data", "data_spec", default=None, help="Data source spec, as for `kdepth fit --data`.")
 @config_options
-@_handle_errors
+@functools.partial(_handle_errors, tensorflow=False)
 def config_show(data_spec, config_path, sets):
     """Print the resolved configuration as TOML.
 

@@ -44,7 +44,7 @@ def command_line(argv=None):
     if not argv:
         return ""
     program = Path(argv[0]).name
-    if program in ("kdepth", "cli.py", "__main__.py", "-m"):
+    if program == "kdepth" or Path(argv[0]).parts[-2:] in (("kdepth", "cli.py"), ("kdepth", "__main__.py")):
         program = "kdepth"
     return shlex.join([program, *argv[1:]])
 
