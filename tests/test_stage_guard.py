@@ -132,3 +132,29 @@ def test_only_the_chief_locks_and_a_busy_stage_is_refused(tmp_path):
             with StageClaim(out, out, _config(tmp_path), 1):
                 pass
         assert (out / LOCK_NAME).exists()  # the refused claim did not remove the holder's lock
+
+
+@pytest.mark.slow
+def test_a_crash_after_training_resumes_at_the_end_instead_of_training_again(tmp_path, monkeypatch):
+    import kdepth.training.fit as fit_module
+
+    config = _config(
+        tmp_path, "model.input_size=[32, 32]", "model.coarse_hidden=16", "model.backbone_weights=none",
+        "data.synthetic_train=8", "data.synthetic_val=2", "train.batch_size=2", "train.verbose=0",
+        "train.tensorboard_images=0", "train.epochs=2", "train.steps_per_epoch=2",
+    )
+    out = tmp_path / "runs" / "same" / "stage1"
+    final_metrics = fit_module.final_metrics
+
+    def bad_val_file(*args, **kwargs):
+        raise KdepthError("val/rgb/0001.png: not an image")
+
+    monkeypatch.setattr(fit_module, "final_metrics", bad_val_file)
+    with pytest.raises(KdepthError, match="not an image"):
+        fit_module.fit(config)
+    assert (out / "backup" / "state.json").is_file() and not (out / "summary.json").exists()
+    monkeypatch.setattr(fit_module, "final_metrics", final_metrics)
+    messages = []
+    result = fit_module.fit(config, echo=messages.append)
+    assert any("resuming from the backup" in m and "start of epoch 3 of 2" in m for m in messages), messages
+    assert result.epochs_run == 0 and (out / "summary.json").is_file() and not (out / "backup").exists()

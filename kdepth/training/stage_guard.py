@@ -14,7 +14,8 @@
    no model), the old files are moved back; after that they stay aside until it finishes.
 4. A resume is the run it claims to be: a backup is only resumed with a config that differs
    from the interrupted run's config.toml in `RESUME_MAY_CHANGE` keys at most.
-5. config.toml of this run is written once those checks passed.
+5. config.toml of this run is written once those checks passed; the backup is deleted when the
+   stage ends complete, after summary.json (a crash before that resumes at the end of training).
 """
 
 import datetime
@@ -70,7 +71,8 @@ def finished_summary(stage_dir):
 def finished_message(stage_dir, stage, summary):
     val = summary.get("val") if isinstance(summary.get("val"), dict) else {}
     delta1 = f"val delta1 {val['delta1']:.3f}, " if isinstance(val.get("delta1"), (int, float)) else ""
-    epochs = f"{summary['epochs']} epochs, " if isinstance(summary.get("epochs"), int) else ""
+    n = summary.get("epochs")
+    epochs = f"{n} epoch{'' if n == 1 else 's'}, " if isinstance(n, int) else ""
     return (
         f"{stage_dir} already holds a finished stage-{stage} model ({delta1}{epochs}finished {summary['finished']}). "
         "Use --name NEW for a new run, or --overwrite to replace it."
@@ -201,6 +203,8 @@ class StageClaim:
             self._failed()
             return False
         try:
+            # The backup goes only now that every output is complete (see callbacks.Backup).
+            shutil.rmtree(self.work / "backup", ignore_errors=True)
             if self.is_chief and self.final and (self.out / SUMMARY).is_file():
                 for aside in replaced_dirs(self.out):
                     shutil.rmtree(aside, ignore_errors=True)
