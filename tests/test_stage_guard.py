@@ -158,3 +158,17 @@ def test_a_crash_after_training_resumes_at_the_end_instead_of_training_again(tmp
     result = fit_module.fit(config, echo=messages.append)
     assert any("resuming from the backup" in m and "start of epoch 3 of 2" in m for m in messages), messages
     assert result.epochs_run == 0 and (out / "summary.json").is_file() and not (out / "backup").exists()
+
+
+def test_the_cli_refuses_a_finished_stage_before_building_anything(tmp_path):
+    from click.testing import CliRunner
+
+    from kdepth.cli import main
+
+    out = tmp_path / "runs" / "same" / "stage1"
+    _finished_stage(out)
+    args = ["fit", "--stage", "1", "--name", "same", "--set", f'train.run_dir="{tmp_path / "runs"}"']
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "already holds a finished stage-1 model (val delta1 0.614, 8 epochs" in result.output
+    assert "stage 1:" not in result.output and (out / "model.keras").read_bytes() == b"old model"
