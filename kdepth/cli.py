@@ -8,18 +8,24 @@ import sys
 
 import click
 
+from kdepth import quiet
+from kdepth.config import choices
+from kdepth.errors import KdepthError
+
 # TensorFlow's C++ start-up chatter hides the messages users need; errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from kdepth.config import choices  # noqa: E402
-from kdepth.errors import KdepthError  # noqa: E402
+quiet.configure_environment()
 
 
-def _handle_errors(fn):
-    """Turns a KdepthError into a one-line message and exit code 1 instead of a traceback."""
+def _handle_errors(fn, *, tensorflow=True):
+    """Turns a KdepthError into a one-line message and exit code 1 instead of a traceback.
+
+    With `tensorflow`, TensorFlow is imported first, without its start-up lines (`kdepth.quiet`).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if tensorflow:
+            quiet.start_tensorflow()
         try:
             return fn(*args, **kwargs)
         except KdepthError as e:
@@ -79,7 +85,12 @@ def _parse_size(text):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kdepth")
-def main():
+@click.option(
+    "--tf-log", is_flag=True,
+    help="Show TensorFlow's and CUDA's own start-up and log lines (hidden by default on a machine without an "
+    "NVIDIA GPU; with a GPU only the harmless ones are hidden). Same as the environment variable KDEPTH_TF_LOG=1.",
+)
+def main(tf_log):
     """kdepth: predict depth from a single RGB image (Li, Klein & Yao's three-scale network).
 
     \b
@@ -88,6 +99,8 @@ def main():
       tensorboard --logdir runs            # watch it
       kdepth data show synthetic --out sheet.png
     """
+    if tf_log:
+        quiet.restore_tf_log()
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -240,13 +253,20 @@ def show(source, out, split, count, config_path, sets):
     help="A non-finite loss: stop (keep the last backup, name the term) or skip-batch (skip that batch's update; "
     "stops after 10 in a row) [default: train.on_nan].",
 )
+@click.option(
+    "--overwrite", is_flag=True,
+    help="Replace a finished stage in runs/NAME/stageN (kept aside until the new run finishes) instead of stopping.",
+)
 @config_options
 @_handle_errors
-def fit(stage, data_spec, name, backbone_weights, init, overfit, strategy, on_nan, config_path, sets):
+def fit(stage, data_spec, name, backbone_weights, init, overfit, strategy, on_nan, overwrite, config_path, sets):
     """Train one stage of the three-scale network.
 
     Re-running the same command after a crash resumes from the last backup, mid-epoch. Ctrl-C
     saves a backup at the next batch end and exits (code 130); run the same command to resume.
+    A finished stage is never overwritten (use --name NEW or --overwrite), one process at a
+    time trains a run folder, and a resume with settings that change the model, the data or
+    their order is refused.
 
     \b
     Examples:
@@ -267,7 +287,7 @@ def fit(stage, data_spec, name, backbone_weights, init, overfit, strategy, on_na
     from kdepth.training.callbacks import TrainingInterrupted
 
     try:
-        result = run_fit(config, stage=stage, overfit=overfit, echo=click.echo)
+        result = run_fit(config, stage=stage, overfit=overfit, overwrite=overwrite, echo=click.echo)
     except TrainingInterrupted as e:
         command = shlex.join(["kdepth", *sys.argv[1:]]) if sys.argv[1:2] == ["fit"] else "the same `kdepth fit ...` command"
         click.echo(f"\n{e}.\nResume with:\n  {command}", err=True)
@@ -418,7 +438,7 @@ def export(model_path, out, quantize, data_spec, parity_images, config_path, set
     and OUT/metadata.json. Then runs every form on validation images and prints its difference
     to Keras and its delta1; a float form (SavedModel, none, fp16) beyond its tolerance makes
     the export fail with exit code 1. Without --config the run's own config.toml is used (with
-    any --set applied on top).
+    any --set applied on top). One export at a time writes OUT: a second one is refused.
 
     \b
     Examples:
@@ -431,9 +451,12 @@ def export(model_path, out, quantize, data_spec, parity_images, config_path, set
     # --set applies on top of the run's own config.toml unless --config names another file.
     config_path = config_path or resolve_model_source(model_path).config_path
     config = resolve_config(config_path, sets) if (config_path or sets) else None
-    report = export_model(
-        model_path, out, list(quantize) or None, config, data=data_spec, parity_images=parity_images, echo=click.echo
-    )
+    from kdepth.locks import output_folder_lock
+
+    with output_folder_lock(out, fix="wait for it, or use another --out", echo=click.echo):  # one export per OUT
+        report = export_model(
+            model_path, out, list(quantize) or None, config, data=data_spec, parity_images=parity_images, echo=click.echo
+        )
     click.echo(f"wrote {report.out_dir}: saved_model/, {', '.join(p.name for p in report.tflite.values()) or 'no .tflite'}, metadata.json")
 
 
@@ -453,7 +476,7 @@ def config():
 @config.command("show")
 @click.option("--data", "data_spec", default=None, help="Data source spec, as for `kdepth fit --data`.")
 @config_options
-@_handle_errors
+@functools.partial(_handle_errors, tensorflow=False)
 def config_show(data_spec, config_path, sets):
     """Print the resolved configuration as TOML.
 

@@ -33,6 +33,7 @@ are not (they are normally enlarged, as BTS and AdaBins do).
 
 import numpy as np
 
+from kdepth import quiet
 from kdepth.config import choices
 from kdepth.errors import KdepthError
 from kdepth.paths import resolve_model_path
@@ -349,7 +350,8 @@ class TfliteDepthModel(DepthModel):
         try:
             if list(self._in["shape"]) != shape:
                 self._interpreter.resize_tensor_input(self._in["index"], shape)
-            self._interpreter.allocate_tensors()
+            with quiet.litert_quietly():  # XNNPACK's INFO line comes from the allocation
+                self._interpreter.allocate_tensors()
         except Exception as e:
             raise KdepthError(f"{path}: cannot prepare the TFLite model for input {shape} ({type(e).__name__}: {e}).") from None
         self._out = self._interpreter.get_output_details()[0]  # shapes are final after allocation

@@ -401,7 +401,9 @@ class Backup(EpochPosition):
 
     Put it last in the callback list: after `NonFiniteGuard`, so a bad batch is never backed up.
     It also answers an `InterruptRequest` (Ctrl-C): it saves at the batch end and raises
-    `TrainingInterrupted`. After a complete run it deletes the directory.
+    `TrainingInterrupted`. It keeps the directory after the last epoch: `fit` deletes it (`clear`)
+    once the stage's outputs are complete, so a crash while saving the model or computing the final
+    metrics still resumes (at the end of training) instead of training the stage again.
 
     Args:
         directory: the backup folder (used only for this).
@@ -536,9 +538,6 @@ class Backup(EpochPosition):
         self.save(epoch + 1, 0)
         if self.interrupt is not None and self.interrupt.requested:
             self._stop(epoch + 1, 0)
-
-    def on_train_end(self, logs=None):
-        self.clear()
 
     def clear(self):
         """Deletes the backup (after a complete run)."""

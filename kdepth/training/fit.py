@@ -17,7 +17,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdepth.config import save_config
 from kdepth.data.pipeline import dataset_from_config
 from kdepth.data.sources import open_source, resolve_splits
 from kdepth.errors import DataError, KdepthError
@@ -26,6 +25,7 @@ from kdepth.models import check_network_size, dtype_policy
 from kdepth.paths import MODEL_FILE
 from kdepth.training import callbacks as cb
 from kdepth.training import checkpoints, distribute
+from kdepth.training.stage_guard import StageClaim
 from kdepth.training.stages import build_trainer, scales_for_stage
 
 OVERFIT_MAX_EPOCHS, OVERFIT_STEPS, OVERFIT_TARGET = 60, 10, 0.99
@@ -148,7 +148,7 @@ def _overfit_config(config, overfit):
     )
 
 
-def fit(config, *, stage=None, overfit=0, echo=print):
+def fit(config, *, stage=None, overfit=0, overwrite=False, echo=print):
     """Trains one stage as the config says and returns a `FitResult`.
 
     Args:
@@ -156,6 +156,7 @@ def fit(config, *, stage=None, overfit=0, echo=print):
         stage: overrides config.train.stage.
         overfit: if > 0, train on the first `overfit` training images only, without
             augmentation, until they are fitted: the poster's pipeline check.
+        overwrite: replace a finished stage in the stage folder (else a `StageFinished` error).
         echo: where progress messages go.
     """
     stage = stage or config.train.stage
@@ -176,10 +177,9 @@ def fit(config, *, stage=None, overfit=0, echo=print):
         out = out.parent / f"overfit{overfit}"
     # Only the chief writes `out`; the other workers write a temporary folder inside it.
     work = distribute.write_dir(out, dist)
-    checkpoints.check_writable(work)  # an unwritable or impossible run folder fails now, not after an epoch
-    save_config(config, work)
-
-    with dtype_policy(t.precision):
+    # One writer, a finished stage kept unless overwrite, a resume with the same settings; config.toml.
+    claim = StageClaim(out, work, config, stage, is_chief=dist.is_chief, overwrite=overwrite, final=not overfit, echo=echo)
+    with claim, dtype_policy(t.precision):
         keras.utils.set_random_seed(t.seed)
         try:
             result = _fit(_Stage(config, stage, overfit, work, echo, dist, init_path))
