@@ -104,7 +104,7 @@ def test_dense_layer_size_follows_the_input_size():
     model = DepthNetwork((232, 310))
     dense1 = model.get_layer("scale1_dense1")
     assert tuple(dense1.kernel.shape) == (7 * 9 * 512, 4200)
-    assert dense1.count_params() == 32256 * 4200 + 4200  # ~135 M (DESIGN 1.1)
+    assert dense1.count_params() == 32256 * 4200 + 4200  # ~135 M (docs/design.md, layer table)
     assert tuple(model.get_layer("scale1_dense2").kernel.shape) == (4200, 58 * 78)
     out = model(rgb(1, 232, 310), training=False)
     assert {k: tuple(v.shape[1:3]) for k, v in out.items()} == scale_sizes((232, 310))

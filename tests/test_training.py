@@ -209,4 +209,4 @@ def test_paper_resolution_trains(tmp_path):
     result = fit(config)
     assert np.isfinite(result.val["rmse"])
     model = keras.saving.load_model(result.model_path, compile=False)
-    assert model.get_layer("scale1_dense1").kernel.shape == (7 * 9 * 512, 4200)  # DESIGN: 32256 -> 4200
+    assert model.get_layer("scale1_dense1").kernel.shape == (7 * 9 * 512, 4200)  # docs/design.md: 32256 -> 4200
