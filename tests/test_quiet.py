@@ -103,11 +103,12 @@ def _env(**extra):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     import keras
-    from kdepth.models.network import build_network
+
+    from kdepth.models import DepthNetwork
 
     keras.utils.set_random_seed(0)
     folder = tmp_path_factory.mktemp("quiet")
-    build_network(input_size=(32, 32), scales=2, coarse_hidden=16, backbone_weights="none").save(folder / "tiny.keras")
+    DepthNetwork(input_size=(32, 32), scales=2, coarse_hidden=16).save(folder / "tiny.keras")
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / "room.png")
     return folder
 

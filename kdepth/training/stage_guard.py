@@ -203,8 +203,9 @@ class StageClaim:
             self._failed()
             return False
         try:
-            # The backup goes only now that every output is complete (see callbacks.Backup).
-            shutil.rmtree(self.work / "backup", ignore_errors=True)
+            # The backup goes only once every output is complete (see callbacks.Backup).
+            if (self.work / SUMMARY).is_file():
+                shutil.rmtree(self.work / "backup", ignore_errors=True)
             if self.is_chief and self.final and (self.out / SUMMARY).is_file():
                 for aside in replaced_dirs(self.out):
                     shutil.rmtree(aside, ignore_errors=True)
