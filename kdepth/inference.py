@@ -26,9 +26,11 @@ reach the model (and before quantization); ``output_scale`` multiplies the raw o
 metres (e.g. 0.001 for a model emitting millimetres). Every bad path, wrong file kind, corrupt or
 truncated file, or unsupported signature raises a `KdepthError` naming the file.
 
-Resizing (`resize_image`, `resize_depth`) uses TensorFlow's bilinear resize with half-pixel
-centres, the same op as Keras' ``Resizing`` layer: images are antialiased when shrunk, depth maps
-are not (they are normally enlarged, as BTS and AdaBins do).
+Resizing (`resize_image`, `resize_depth`, from `kdepth.resize`) is numpy's copy of TensorFlow's
+bilinear resize with half-pixel centres, the same function as Keras' ``Resizing`` layer: images
+are antialiased when shrunk, depth maps are not (they are normally enlarged, as BTS and AdaBins
+do). A ``.tflite`` model is therefore run without importing TensorFlow or Keras: LiteRT, numpy
+and Pillow are all it needs.
 """
 
 import numpy as np
@@ -36,6 +38,9 @@ import numpy as np
 from kdepth.config import choices
 from kdepth.errors import KdepthError
 from kdepth.paths import resolve_model_path
+from kdepth.resize import resize_depth, resize_image
+
+__all__ = ["DepthModel", "load_depth_model", "resize_depth", "resize_image", "resolve_model_path"]
 
 KINDS = ("keras", "saved_model", "tflite")
 INPUT_RANGES = choices("eval", "input_range")
@@ -46,34 +51,6 @@ def _tf():
     import tensorflow as tf  # imported on first use: the CLI starts faster without it
 
     return tf
-
-
-def resize_image(rgb, size):
-    """Resizes one RGB image (H, W, 3) to `size` (h, w): bilinear, antialiased; float32 0-255.
-
-    An image already at `size` is returned unchanged (as float32).
-    """
-    rgb = np.asarray(rgb)
-    if tuple(rgb.shape[:2]) == tuple(size):
-        return rgb.astype(np.float32)
-    tf = _tf()
-    out = tf.image.resize(tf.cast(rgb, tf.float32), size, method="bilinear", antialias=True)
-    return np.clip(out.numpy(), 0.0, 255.0)
-
-
-def resize_depth(depth, size):
-    """Resizes depth (h, w) or (N, h, w) to `size` (H, W) bilinearly; float32.
-
-    Depth maps are predictions without holes, so a plain bilinear resize is right here (ground
-    truth with holes needs `kdepth.ops.masked_resize` instead).
-    """
-    depth = np.asarray(depth, dtype=np.float32)
-    if tuple(depth.shape[-2:]) == tuple(size):
-        return depth
-    tf = _tf()
-    batched = depth if depth.ndim == 3 else depth[None]
-    out = tf.image.resize(batched[..., None], size, method="bilinear").numpy()[..., 0]
-    return out if depth.ndim == 3 else out[0]
 
 
 def as_rgb(image, name="image"):

@@ -129,9 +129,15 @@ def estimate_size(input_size, coarse_hidden=4200):
     return {"parameters": parameters, "dense1_inputs": dense1_inputs, "activation_bytes": 4 * elements}
 
 
-def check_network_size(input_size, coarse_hidden=4200):
+def check_network_size(input_size, coarse_hidden=4200, backbone="vgg16", coarse="dense"):
     """Raises ConfigError, with the estimate, if the network would exceed `MAX_PARAMETERS` or
-    `MAX_ACTIVATION_BYTES` of VGG16 activations per image; returns `estimate_size` otherwise."""
+    `MAX_ACTIVATION_BYTES` of VGG16 activations per image; returns `estimate_size` otherwise.
+
+    The estimate is the VGG16 network's with the dense coarse head; other backbones or heads are
+    not checked (None is returned).
+    """
+    if backbone != "vgg16" or coarse != "dense":
+        return None
     size = estimate_size(input_size, coarse_hidden)
     h, w = check_input_size(input_size)
     problems = []
@@ -400,8 +406,7 @@ class DepthNetwork(keras.Model):
         options = dict(coarse=coarse, separable=separable, backbone_alpha=backbone_alpha, width=width)
         _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone, **options)
         check_backbone_input(input_size, backbone)
-        if backbone == "vgg16" and coarse == "dense":
-            check_network_size(input_size, coarse_hidden)  # before allocating anything
+        check_network_size(input_size, coarse_hidden, backbone, coarse)  # before allocating anything
         policy = dtype or keras.mixed_precision.global_policy().name
         with dtype_policy(policy):
             image, outputs, backbone_layers = _graph(
