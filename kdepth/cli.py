@@ -66,6 +66,18 @@ def resolve_config(config_path, sets, data=None):
     return config
 
 
+def _choices(section, key):
+    from kdepth.config import choices
+
+    return list(choices(section, key))
+
+
+INPUT_RANGE_HELP = (
+    "Pixel range the model takes. auto: from a uint8/int8 input's quantization (scale 1/255: 0-1, scale 1: "
+    "0-255), else 0-255 (kdepth's models) [default: eval.input_range, auto]."
+)
+
+
 def _parse_size(text):
     try:
         h, w = (int(v) for v in text.lower().split("x"))
@@ -289,7 +301,7 @@ def fit(stage, data_spec, name, backbone_weights, init, overfit, strategy, on_na
 @click.option("--protocol", type=click.Choice(["eigen", "full"]), default=None, help="eigen: Eigen crop + 1e-3 < gt < 10 m; full: every valid pixel [default: eval.protocol].")
 @click.option("--flip-tta/--no-flip-tta", default=None, help="Average each prediction with that of the left-right flipped image [default: eval.flip_tta].")
 @click.option("--align", type=click.Choice(["none", "median", "scale-shift"]), default=None, help="Align predictions to the ground truth per image, for relative-depth models [default: eval.align].")
-@click.option("--input-range", type=click.Choice(["0-255", "0-1"]), default="0-255", show_default=True, help="Pixel range the model takes (kdepth models: 0-255).")
+@click.option("--input-range", type=click.Choice(_choices("eval", "input_range")), default=None, help=INPUT_RANGE_HELP)
 @click.option("--output-scale", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True, help="Multiplies the model's raw output to give metres (e.g. 0.001 for millimetres).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="LiteRT threads for a .tflite model [default: LiteRT's choice].")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
@@ -331,8 +343,9 @@ def evaluate(model_path, data_spec, split, protocol, flip_tta, align, input_rang
     protocol = protocol or e.protocol
     align = align or e.align
     flip_tta = e.flip_tta if flip_tta is None else flip_tta
-    model = load_depth_model(model_path, input_range=input_range, output_scale=output_scale, threads=threads)
+    model = load_depth_model(model_path, input_range=input_range or e.input_range, output_scale=output_scale, threads=threads)
     click.echo(f"model: {model.path} ({model.info})")
+    click.echo(model.input_range_note)
     total = source.num_samples(split) if limit is None else min(limit, source.num_samples(split))
     with click.progressbar(length=total, label=f"evaluating {source.name} / {split}", file=sys.stderr) as bar:
         result = run_evaluate(
@@ -361,7 +374,7 @@ def evaluate(model_path, data_spec, split, protocol, flip_tta, align, input_rang
     metavar="FX,FY,CX,CY[@HxW]",
     help="Camera intrinsics in pixels for --pointcloud, at each image's own size, or at size HxW and scaled to each image [default: NYU's, 640x480, scaled to each image].",
 )
-@click.option("--input-range", type=click.Choice(["0-255", "0-1"]), default="0-255", show_default=True, help="Pixel range the model takes (kdepth models: 0-255).")
+@click.option("--input-range", type=click.Choice(_choices("eval", "input_range")), default=None, help=INPUT_RANGE_HELP)
 @click.option("--output-scale", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True, help="Multiplies the model's raw output to give metres.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="LiteRT threads for a .tflite model [default: LiteRT's choice].")
 @_handle_errors
@@ -384,7 +397,7 @@ def predict(model_path, inputs, out, npy, pointcloud, intrinsics, input_range, o
 
     parsed = parse_intrinsics(intrinsics) if intrinsics else None
     report = predict_paths(
-        model_path, inputs, out, npy=npy, pointcloud=pointcloud, intrinsics=parsed, input_range=input_range,
+        model_path, inputs, out, npy=npy, pointcloud=pointcloud, intrinsics=parsed, input_range=input_range or "auto",
         output_scale=output_scale, threads=threads, show_progress=True, echo=click.echo,
     )
     click.echo(report.format())

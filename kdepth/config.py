@@ -135,7 +135,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "protocol": Key("eigen", "str", "eigen: crop + 1e-3..10 m on 480x640; full: every valid pixel", ("eigen", "full")),
         "flip_tta": Key(False, "bool", "average the prediction with its left-right flip"),
         "align": Key("none", "str", "align predictions to ground truth first (relative-depth models)", ("none", "median", "scale-shift")),
-        "input_range": Key("0-255", "str", "pixel range the model is fed: 0-255 (kdepth's models) or 0-1", ("0-255", "0-1")),
+        "input_range": Key("auto", "str", "pixel range the model is fed: auto (from a quantized input, else 0-255), 0-255 (kdepth's models) or 0-1", ("auto", "0-255", "0-1")),
     },
 }
 

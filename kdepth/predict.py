@@ -238,7 +238,7 @@ def _read_image(path):
     return rgb, mode
 
 
-def load_model(model, *, input_range="0-255", output_scale=1.0, threads=None):
+def load_model(model, *, input_range="auto", output_scale=1.0, threads=None):
     """A `DepthModel` from a path (anything `kdepth.inference.load_depth_model` reads), or `model` itself."""
     if not isinstance(model, (str, os.PathLike)):
         return model
@@ -290,7 +290,7 @@ def predict_paths(
     npy=False,
     pointcloud=False,
     intrinsics=None,
-    input_range="0-255",
+    input_range="auto",
     output_scale=1.0,
     threads=None,
     show_progress=False,
@@ -325,6 +325,8 @@ def predict_paths(
         detail = "; ".join(f"{p}: {r}" for p, r in problems) or "no inputs given"
         raise KdepthError(f"no images to predict ({detail}); pass image files (.png, .jpg) or folders holding them.")
     depth_model = load_model(model, input_range=input_range, output_scale=output_scale, threads=threads)
+    if getattr(depth_model, "input_range_note", None):
+        echo(depth_model.input_range_note)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PredictReport(out_dir)

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from tflite_models import SIZE, expected_depth, write_models
 
+from kdepth.inference import load_depth_model
 from kdepth.resize import resize_depth, resize_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def _write_pairs(root, n=3, size=SIZE, seed=0):
     (root / "test" / "rgb").mkdir(parents=True)
     (root / "test" / "depth").mkdir(parents=True)
     for i in range(n):
-        rgb = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        rgb = rng.integers(1, 256, (*size, 3), dtype=np.uint8)  # photos have few pure-black pixels
         depth = resize_depth(expected_depth(rgb[None])[0], size)
         Image.fromarray(rgb).save(root / "test" / "rgb" / f"s{i}.png")
         Image.fromarray(np.round(depth * 1000).astype(np.uint16)).save(root / "test" / "depth" / f"s{i}.png")
@@ -91,3 +92,47 @@ def test_predict_and_evaluate_on_a_tflite_never_import_tensorflow_or_keras(model
         assert heavy == ["HEAVY []"], proc.stdout + proc.stderr
         result = json.loads((tmp_path / "e.json").read_text())
         assert result["count"] == 3 and result["metrics"]["delta1"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------ quantized inputs read from the model
+
+
+def test_a_uint8_input_range_is_read_from_its_quantization(models, rgb_images):
+    x = np.round(rgb_images(2, *SIZE, seed=3))
+    want = resize_depth(expected_depth(x), SIZE)
+    for name, expected_range in (("uint8_01", "0-1"), ("uint8_255", "0-255"), ("float", "0-255")):
+        model = load_depth_model(models[name])
+        assert model.input_range == expected_range, model.input_range_note
+        assert model.input_range_note.startswith(f"input range {expected_range} (")
+        np.testing.assert_allclose(model.predict(x), want, atol=0.06)  # int8 activations: ~1 % of 4 m
+    assert "scale 0.00392157, zero point 0: its float input is 0-1" in load_depth_model(models["uint8_01"]).input_range_note
+    forced = load_depth_model(models["uint8_01"], input_range="0-255")
+    assert forced.input_range == "0-255" and forced.input_range_note == "input range 0-255 (as given)"
+
+
+def test_an_unclear_input_quantization_asks_for_an_explicit_range():
+    from kdepth.errors import KdepthError
+    from kdepth.inference import infer_input_range
+
+    assert infer_input_range("int8", 1 / 255, -128)[0] == "0-1"
+    assert infer_input_range("uint8", 0.0, 0)[0] == "0-255"  # not quantized: raw bytes
+    with pytest.raises(KdepthError, match=r"scale 0.5, zero point 0, i.e. float input 0..127.5.*--input-range 0-255 or --input-range 0-1"):
+        infer_input_range("uint8", 0.5, 0, "m.tflite")
+
+
+def test_evaluate_scores_a_0_1_uint8_model_right_by_default_and_flags_a_wrong_range(models, tmp_path):
+    from click.testing import CliRunner
+
+    from kdepth.cli import main
+
+    data = _write_pairs(tmp_path / "data", n=4)
+    args = ["evaluate", "--model", str(models["uint8_01"]), "--data", str(data), "--protocol", "full", "--json", str(tmp_path / "e.json")]
+    good = CliRunner().invoke(main, args)
+    assert good.exit_code == 0, good.output
+    assert "input range 0-1 (uint8 input quantized with scale 0.00392157" in good.output
+    assert "WARNING" not in good.output
+    assert json.loads((tmp_path / "e.json").read_text())["metrics"]["delta1"] > 0.99
+    bad = CliRunner().invoke(main, [*args, "--input-range", "0-255"])
+    assert bad.exit_code == 0, bad.output
+    assert "WARNING: predictions are degenerate" in bad.output and "try --input-range 0-1" in bad.output
+    assert json.loads((tmp_path / "e.json").read_text())["warnings"]
