@@ -72,6 +72,22 @@ def as_rgb(image, name="image"):
     return image[..., :3]
 
 
+def as_array(images):
+    """An array from `DepthModel.predict`'s input: an image file path or a PIL image is read as
+    RGB with its EXIF orientation applied (as the photo is shown); arrays pass unchanged."""
+    import os
+
+    if isinstance(images, (str, os.PathLike)):
+        from kdepth.data.sources import read_rgb
+
+        return read_rgb(images)
+    if hasattr(images, "getexif") and hasattr(images, "convert"):  # a PIL image
+        from PIL import ImageOps
+
+        return np.asarray(ImageOps.exif_transpose(images).convert("RGB"))
+    return np.asarray(images)
+
+
 class DepthModel:
     """A depth model of any supported format, run on raw RGB images.
 
@@ -113,12 +129,13 @@ class DepthModel:
 
         Args:
             images: one image (H, W, 3) raw RGB 0-255 (uint8 or float; greyscale (H, W) and
-                RGBA are converted), or a batch (N, H, W, 3).
+                RGBA are converted), a batch (N, H, W, 3), or an image file path or PIL image
+                (read with its EXIF orientation applied, so depth comes out as the photo is shown).
 
         Returns:
             float32 depth in metres: (H, W) for one image, (N, H, W) for a batch.
         """
-        images = np.asarray(images)
+        images = as_array(images)
         if images.ndim == 4:
             return self._predict_batch(images)
         return self._predict_batch(as_rgb(images, self.path)[None])[0]
