@@ -377,9 +377,14 @@ def evaluate(model_path, data_spec, split, protocol, flip_tta, align, input_rang
 @click.option("--input-range", type=click.Choice(_choices("eval", "input_range")), default=None, help=INPUT_RANGE_HELP)
 @click.option("--output-scale", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True, help="Multiplies the model's raw output to give metres.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="LiteRT threads for a .tflite model [default: LiteRT's choice].")
+@click.option("--smooth", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True, help="Videos: temporal smoothing in log depth (0 = off, e.g. 0.5).")
+@click.option("--png-frames", is_flag=True, help="Videos: also write NAME_depth_frames/NNNNNN.png, 16-bit millimetres.")
 @_handle_errors
-def predict(model_path, inputs, out, npy, pointcloud, intrinsics, input_range, output_scale, threads):
+def predict(model_path, inputs, out, npy, pointcloud, intrinsics, input_range, output_scale, threads, smooth, png_frames):
     """Predict depth for image files and folders (searched recursively for .png/.jpg/.jpeg).
+
+    A video (.mp4, .mov, .mkv, ...; needs `pip install kdepth[video]`) gives NAME_depth.mp4, its
+    RGB frames and colourised depth side by side, optionally --png-frames and --smooth.
 
     For each image NAME: NAME_depth.png (16-bit, millimetres, 0 = no depth) and NAME_color.png
     (viridis, colour bar in metres) at the image's own size; with --npy NAME.npy (metres); with
@@ -393,12 +398,20 @@ def predict(model_path, inputs, out, npy, pointcloud, intrinsics, input_range, o
       kdepth predict --model savedmodels/quickstart/model_int8.tflite room.jpg --out pred --pointcloud
       kdepth predict --model runs/quickstart room.jpg --out pred --pointcloud --intrinsics 525,525,319.5,239.5@480x640
     """
-    from kdepth.predict import parse_intrinsics, predict_paths
+    from kdepth.predict import load_model, parse_intrinsics, predict_paths
+    from kdepth.video import is_video, predict_video
 
     parsed = parse_intrinsics(intrinsics) if intrinsics else None
+    videos = [p for p in inputs if is_video(p)]
+    images = [p for p in inputs if not is_video(p)]
+    model = load_model(model_path, input_range=input_range or "auto", output_scale=output_scale, threads=threads)
+    click.echo(model.input_range_note)
+    for video in videos:
+        predict_video(model, video, out, png_frames=png_frames, smooth=smooth, echo=click.echo)
+    if not images:
+        return
     report = predict_paths(
-        model_path, inputs, out, npy=npy, pointcloud=pointcloud, intrinsics=parsed, input_range=input_range or "auto",
-        output_scale=output_scale, threads=threads, show_progress=True, echo=click.echo,
+        model, images, out, npy=npy, pointcloud=pointcloud, intrinsics=parsed, show_progress=True, echo=click.echo,
     )
     click.echo(report.format())
     sys.exit(0 if report.ok else 1)

@@ -374,8 +374,8 @@ def predict_paths(
         detail = "; ".join(f"{p}: {r}" for p, r in problems) or "no inputs given"
         raise KdepthError(f"no images to predict ({detail}); pass image files (.png, .jpg) or folders holding them.")
     depth_model = load_model(model, input_range=input_range, output_scale=output_scale, threads=threads)
-    if getattr(depth_model, "input_range_note", None):
-        echo(depth_model.input_range_note)
+    if depth_model is not model and getattr(depth_model, "input_range_note", None):
+        echo(depth_model.input_range_note)  # loaded here from a path: say which input range
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PredictReport(out_dir)
