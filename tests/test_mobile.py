@@ -21,9 +21,9 @@ from kdepth.training.stages import network_from_config
 MOBILE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mobile.toml"
 TINY_MOBILE = {
     "input_size": (32, 32), "backbone": "mobilenet_v2", "backbone_alpha": 0.35, "coarse": "compact",
-    "separable": True, "width": 8, "coarse_hidden": 16,
+    "separable": True, "width": 8, "coarse_hidden": 16, "kernel_size": 3,
 }
-MOBILE_SETS = ["model.input_size=[32, 32]", "model.backbone_alpha=0.35", "model.width=8", "model.coarse_hidden=16"]
+MOBILE_SETS = ["model.input_size=[32, 32]", "model.backbone_alpha=0.35", "model.width=8", "model.coarse_hidden=16", "model.kernel_size=3"]
 
 
 def _mobile(**overrides):
@@ -44,6 +44,11 @@ def test_mobile_network_has_the_scale_grids_and_taps_by_name():
         assert isinstance(net.get_layer(name), keras.layers.SeparableConv2D), name
     assert type(net.get_layer("scale2_head")) is keras.layers.Conv2D  # zero-init heads stay plain convolutions
     assert net.get_layer("scale2_conv1").pointwise_kernel.shape[-1] == 12  # 1.5 x width
+    assert net.get_layer("scale2_conv1").depthwise_kernel.shape[:2] == (3, 3)  # kernel_size replaces the paper's 9
+    assert net.get_layer("scale3_head").kernel.shape == (3, 3, 8, 1)
+    paper = _mobile(scales=2, kernel_size=0)
+    assert paper.get_layer("scale2_conv1").depthwise_kernel.shape[:2] == (9, 9)
+    assert paper.get_layer("scale2_head").kernel.shape[:2] == (5, 5)
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     depth = net.serving_model().predict_on_batch(x)
     assert depth.shape == (2, 32, 32, 1)

@@ -180,7 +180,7 @@ def check_backbone_input(input_size, backbone):
 
 
 def _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone, coarse="dense",
-                separable=False, backbone_alpha=1.0, width=64):
+                separable=False, backbone_alpha=1.0, width=64, kernel_size=0):
     if scales not in (1, 2, 3) or isinstance(scales, bool):
         raise ConfigError(f"model.scales={scales!r} is not valid; allowed: 1 (VGG + dense), 2 or 3.")
     if output not in DEPTH_MODES:
@@ -202,6 +202,8 @@ def _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, b
         raise ConfigError(f"model.coarse={coarse!r} is not valid; allowed: {list(COARSE_HEADS)}.")
     if not isinstance(width, numbers.Integral) or isinstance(width, bool) or width < 2:
         raise ConfigError(f"model.width={width!r} is not valid; it must be an integer >= 2 (paper: 64).")
+    if not isinstance(kernel_size, numbers.Integral) or isinstance(kernel_size, bool) or kernel_size < 0:
+        raise ConfigError(f"model.kernel_size={kernel_size!r} is not valid; it must be 0 (the paper's 9 and 5) or a size >= 1, e.g. 3.")
     if not isinstance(separable, bool):
         raise ConfigError(f"model.separable={separable!r} is not valid; allowed: true or false.")
 
@@ -220,12 +222,13 @@ def dtype_policy(name):
 class _Builder:
     """Builds the layers of one network; a namespace for the layer factories of `_graph`."""
 
-    def __init__(self, conv_init, output, depth_init, separable=False, width=64):
+    def __init__(self, conv_init, output, depth_init, separable=False, width=64, kernel_size=0):
         self.conv_init, self.output, self.depth_init = conv_init, output, float(depth_init)
-        self.separable = separable
+        self.separable, self.kernel_size = separable, kernel_size
         self.width, self.wide = width, width * 3 // 2  # the paper's 64 and 96 channels
 
     def conv(self, filters, kernel, name, strides=1):
+        kernel = self.kernel_size or kernel
         if self.separable:
             return keras.layers.SeparableConv2D(
                 filters, kernel, strides=strides, padding="same", activation="relu",
@@ -236,7 +239,8 @@ class _Builder:
 
     def head(self, name):
         # Linear, zero kernel: z = 0 -> depth_init everywhere at the start; float32 under mixed precision.
-        return keras.layers.Conv2D(1, 5, padding="same", kernel_initializer="zeros", dtype="float32", name=name)
+        return keras.layers.Conv2D(1, self.kernel_size or 5, padding="same", kernel_initializer="zeros", dtype="float32",
+                                   name=name)
 
     def depth(self, z, name):
         return DepthActivation(mode=self.output, depth_init=self.depth_init, dtype="float32", name=name)(z)
@@ -293,11 +297,11 @@ def _scale3(b, img, z2, size):
 
 
 def _graph(input_size, scales, skips, backbone, output, coarse_hidden, dropout, conv_init, depth_init,
-           coarse="dense", separable=False, backbone_alpha=1.0, width=64):
+           coarse="dense", separable=False, backbone_alpha=1.0, width=64, kernel_size=0):
     """The functional graph: returns (image input, {scale: depth}, names of the backbone's layers)."""
     spec = get_backbone(backbone)
     sizes = scale_sizes(input_size)
-    b = _Builder(conv_init, output, depth_init, separable, width)
+    b = _Builder(conv_init, output, depth_init, separable, width, kernel_size)
     image = keras.Input(shape=(*input_size, 3), dtype="float32", name="image")
     preprocess = spec.preprocess()
     pre = preprocess(image)
@@ -385,6 +389,9 @@ class DepthNetwork(keras.Model):
         backbone_alpha: width multiplier of backbones that have one (MobileNetV2); 1.0 otherwise.
         width: channels of the scale-2/3 and skip convolutions (the first of each image branch
             has 1.5x as many): the paper's 64 and 96.
+        kernel_size: kernel of those convolutions and of the scale-2/3 heads; 0 = the paper's
+            (9 for the image branches' first, 5 for the rest). 3 suits LiteRT's int8 depthwise
+            kernels on a device (its 5x5 and 9x9 ones are several times slower per tap).
         dtype: Keras dtype policy of the layers ("float32", "mixed_bfloat16", ...); None = the
             global policy. Heads and depth activations are float32 whatever it is.
         **kwargs: passed to `keras.Model` (name, trainable).
@@ -401,9 +408,9 @@ class DepthNetwork(keras.Model):
 
     def __init__(self, input_size=(64, 80), scales=3, skips=True, backbone="vgg16", output="log",
                  coarse_hidden=4200, dropout=0.5, conv_init="he_normal", depth_init=2.0, dtype=None,
-                 coarse="dense", separable=False, backbone_alpha=1.0, width=64, **kwargs):
+                 coarse="dense", separable=False, backbone_alpha=1.0, width=64, kernel_size=0, **kwargs):
         input_size = check_input_size(input_size)
-        options = dict(coarse=coarse, separable=separable, backbone_alpha=backbone_alpha, width=width)
+        options = dict(coarse=coarse, separable=separable, backbone_alpha=backbone_alpha, width=width, kernel_size=kernel_size)
         _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone, **options)
         check_backbone_input(input_size, backbone)
         check_network_size(input_size, coarse_hidden, backbone, coarse)  # before allocating anything
@@ -428,6 +435,7 @@ class DepthNetwork(keras.Model):
         self.separable = separable
         self.backbone_alpha = float(backbone_alpha)
         self.width = int(width)
+        self.kernel_size = int(kernel_size)
         self.backbone_layers = backbone_layers
 
     @property
@@ -468,6 +476,7 @@ class DepthNetwork(keras.Model):
             "separable": self.separable,
             "backbone_alpha": self.backbone_alpha,
             "width": self.width,
+            "kernel_size": self.kernel_size,
         }
 
     @classmethod
