@@ -42,8 +42,8 @@ def main():
         preds = [smoother(d) for d in raw]
         ratio = [np.maximum(p / g, g / p) for p, g in zip(preds, gts, strict=True)]
         rows[f"smooth {s:g}"] = {"flicker": flicker(preds), "delta1": float(np.mean([np.mean(r < 1.25) for r in ratio]))}
-        print(f"smooth {s:g}: flicker {rows[f'smooth {s:g}']['flicker']:.4f}, delta1 {rows[f'smooth {s:g}']['delta1']:.3f}", flush=True)
-    print(f"ground truth flicker (true camera motion): {rows['ground_truth_flicker']:.4f}")
+        print(f"smooth {s:g}: flicker {rows[f'smooth {s:g}']['flicker']:.3e}, delta1 {rows[f'smooth {s:g}']['delta1']:.3f}", flush=True)
+    print(f"ground truth flicker (true camera motion): {rows['ground_truth_flicker']:.3e}")
     result = {"machine": machine(), "model": str(args.model), "frames": args.frames, "seed": args.seed, "size": args.size, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "flicker.json").write_text(json.dumps(result, indent=2) + "\n")
