@@ -19,12 +19,14 @@ quiet.configure_environment()
 def _handle_errors(fn, *, tensorflow=True):
     """Turns a KdepthError into a one-line message and exit code 1 instead of a traceback.
 
-    With `tensorflow`, TensorFlow is imported first, without its start-up lines (`kdepth.quiet`).
+    With `tensorflow` (True, or a function of the command's keyword arguments that says whether
+    this call needs it), TensorFlow is imported first, without its start-up lines
+    (`kdepth.quiet`).
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if tensorflow:
+        if tensorflow is True or (callable(tensorflow) and tensorflow(kwargs)):
             quiet.start_tensorflow()
         try:
             return fn(*args, **kwargs)
@@ -39,6 +41,17 @@ def _handle_errors(fn, *, tensorflow=True):
         sys.exit(1)
 
     return wrapper
+
+
+def _needs_tensorflow(kwargs):
+    """False for a .tflite model on data read without TensorFlow: the LiteRT-only device path."""
+    from kdepth.paths import resolve_model_path
+
+    try:
+        kind, _ = resolve_model_path(kwargs["model_path"])
+    except KdepthError:
+        return False  # the command itself reports the bad path
+    return kind != "tflite" or str(kwargs.get("data_spec") or "").startswith("tfds")
 
 
 def config_options(fn):
@@ -71,6 +84,12 @@ def resolve_config(config_path, sets, data=None):
         source, root = parse_data_spec(data)
         config = config.replace(data__source=source, data__root=root)
     return config
+
+
+INPUT_RANGE_HELP = (
+    "Pixel range the model takes. auto: from a uint8/int8 input's quantization (scale 1/255: 0-1, scale 1: "
+    "0-255), else 0-255 (kdepth's models) [default: eval.input_range, auto]."
+)
 
 
 def _parse_size(text):
@@ -310,13 +329,13 @@ def fit(stage, data_spec, name, backbone_weights, init, overfit, strategy, on_na
 @click.option("--protocol", type=click.Choice(choices("eval", "protocol")), default=None, help="eigen: Eigen crop + 1e-3 < gt < 10 m; full: every valid pixel [default: eval.protocol].")
 @click.option("--flip-tta/--no-flip-tta", default=None, help="Average each prediction with that of the left-right flipped image [default: eval.flip_tta].")
 @click.option("--align", type=click.Choice(choices("eval", "align")), default=None, help="Align predictions to the ground truth per image, for relative-depth models [default: eval.align].")
-@click.option("--input-range", type=click.Choice(choices("eval", "input_range")), default="0-255", show_default=True, help="Pixel range the model takes (kdepth models: 0-255).")
+@click.option("--input-range", type=click.Choice(choices("eval", "input_range")), default=None, help=INPUT_RANGE_HELP)
 @click.option("--output-scale", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True, help="Multiplies the model's raw output to give metres (e.g. 0.001 for millimetres).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="LiteRT threads for a .tflite model [default: LiteRT's choice].")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write every figure with the model, data, split and protocol to this JSON file.")
 @config_options
-@_handle_errors
+@functools.partial(_handle_errors, tensorflow=_needs_tensorflow)
 def evaluate(model_path, data_spec, split, protocol, flip_tta, align, input_range, output_scale, threads, limit, json_path, config_path, sets):
     """Measure a depth model the way the field does: per-image metrics averaged over images.
 
@@ -353,8 +372,9 @@ def evaluate(model_path, data_spec, split, protocol, flip_tta, align, input_rang
     protocol = protocol or e.protocol
     align = align or e.align
     flip_tta = e.flip_tta if flip_tta is None else flip_tta
-    model = load_depth_model(model_path, input_range=input_range, output_scale=output_scale, threads=threads)
+    model = load_depth_model(model_path, input_range=input_range or e.input_range, output_scale=output_scale, threads=threads)
     click.echo(f"model: {model.path} ({model.info})")
+    click.echo(model.input_range_note)
     total = source.num_samples(split) if limit is None else min(limit, source.num_samples(split))
     with click.progressbar(length=total, label=f"evaluating {source.name} / {split}", file=sys.stderr) as bar:
         result = run_evaluate(
@@ -383,12 +403,17 @@ def evaluate(model_path, data_spec, split, protocol, flip_tta, align, input_rang
     metavar="FX,FY,CX,CY[@HxW]",
     help="Camera intrinsics in pixels for --pointcloud, at each image's own size, or at size HxW and scaled to each image [default: NYU's, 640x480, scaled to each image].",
 )
-@click.option("--input-range", type=click.Choice(choices("eval", "input_range")), default="0-255", show_default=True, help="Pixel range the model takes (kdepth models: 0-255).")
+@click.option("--input-range", type=click.Choice(choices("eval", "input_range")), default=None, help=INPUT_RANGE_HELP)
 @click.option("--output-scale", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True, help="Multiplies the model's raw output to give metres.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="LiteRT threads for a .tflite model [default: LiteRT's choice].")
-@_handle_errors
-def predict(model_path, inputs, out, npy, pointcloud, intrinsics, input_range, output_scale, threads):
+@click.option("--smooth", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True, help="Videos: temporal smoothing in log depth (0 = off, e.g. 0.5).")
+@click.option("--png-frames", is_flag=True, help="Videos: also write NAME_depth_frames/NNNNNN.png, 16-bit millimetres.")
+@functools.partial(_handle_errors, tensorflow=_needs_tensorflow)
+def predict(model_path, inputs, out, npy, pointcloud, intrinsics, input_range, output_scale, threads, smooth, png_frames):
     """Predict depth for image files and folders (searched recursively for .png/.jpg/.jpeg).
+
+    A video (.mp4, .mov, .mkv, ...; needs `pip install kdepth[video]`) gives NAME_depth.mp4, its
+    RGB frames and colourised depth side by side, optionally --png-frames and --smooth.
 
     For each image NAME: NAME_depth.png (16-bit, millimetres, 0 = no depth) and NAME_color.png
     (viridis, colour bar in metres) at the image's own size; with --npy NAME.npy (metres); with
@@ -402,12 +427,20 @@ def predict(model_path, inputs, out, npy, pointcloud, intrinsics, input_range, o
       kdepth predict --model savedmodels/quickstart/model_int8.tflite room.jpg --out pred --pointcloud
       kdepth predict --model runs/quickstart room.jpg --out pred --pointcloud --intrinsics 525,525,319.5,239.5@480x640
     """
-    from kdepth.predict import parse_intrinsics, predict_paths
+    from kdepth.predict import load_model, parse_intrinsics, predict_paths
+    from kdepth.video import is_video, predict_video
 
     parsed = parse_intrinsics(intrinsics) if intrinsics else None
+    videos = [p for p in inputs if is_video(p)]
+    images = [p for p in inputs if not is_video(p)]
+    model = load_model(model_path, input_range=input_range or "auto", output_scale=output_scale, threads=threads)
+    click.echo(model.input_range_note)
+    for video in videos:
+        predict_video(model, video, out, png_frames=png_frames, smooth=smooth, echo=click.echo)
+    if not images:
+        return
     report = predict_paths(
-        model_path, inputs, out, npy=npy, pointcloud=pointcloud, intrinsics=parsed, input_range=input_range,
-        output_scale=output_scale, threads=threads, show_progress=True, echo=click.echo,
+        model, images, out, npy=npy, pointcloud=pointcloud, intrinsics=parsed, show_progress=True, echo=click.echo,
     )
     click.echo(report.format())
     sys.exit(0 if report.ok else 1)

@@ -39,6 +39,8 @@ METRICS = ("delta1", "delta2", "delta3", "abs_rel", "sq_rel", "rmse", "rmse_log"
 HIGHER_IS_BETTER = ("delta1", "delta2", "delta3")
 PROTOCOLS = choices("eval", "protocol")
 ALIGNS = choices("eval", "align")
+DEGENERATE_SHARE = 0.9  # mean share of pixels within 1 % of the image's median that flags a constant output
+CLIPPED_SHARE = 0.5  # share of predicted pixels at the clip limits that flags wrong units or saturation
 # The Eigen crop on NYU's 480x640 (rows top:bottom, cols left:right).
 EIGEN_SIZE = (480, 640)
 EIGEN_CROP = (45, 471, 41, 601)
@@ -239,6 +241,7 @@ class EvalResult:
     seconds: float = 0.0
     per_image: list = dataclasses.field(default_factory=list)
     skipped_names: list = dataclasses.field(default_factory=list)
+    warnings: list = dataclasses.field(default_factory=list)
 
     def to_dict(self, model_path=None, data=None, split=None, protocol=None):
         """Every figure and its meta as a JSON-ready dict; the arguments replace the recorded labels."""
@@ -270,6 +273,7 @@ class EvalResult:
             "seconds": round(self.seconds, 3),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "kdepth_version": kdepth_version,
+            "warnings": list(self.warnings),
             "per_image": [{k: _json_float(v) if isinstance(v, float) else v for k, v in row.items()} for row in self.per_image],
         }
 
@@ -297,6 +301,10 @@ class EvalResult:
         )
         if self.skipped:
             lines.append(f"skipped {self.skipped} images without a valid ground-truth pixel: {self.skipped_names[:5]}")
+        if self.warnings:
+            bar = "!" * 78
+            lines = [bar, *(f"WARNING: {w}" for w in self.warnings), "the figures below are not to be trusted", bar,
+                     *lines, bar]
         return "\n".join(lines)
 
 
@@ -337,6 +345,46 @@ def _run_config_of(model_path):
     kind, resolved = resolve_model_path(model_path)
     path = run_config_path(resolved) if kind == "keras" else None
     return load_config([path]) if path is not None else None
+
+
+def prediction_stats(pred, min_depth, max_depth):
+    """How degenerate one prediction is: (share of pixels within 1 % of its median, share at the clip limits)."""
+    pred = np.asarray(pred, np.float64)
+    median = np.median(pred)
+    constant = float(np.mean(np.abs(pred - median) <= 0.01 * abs(median))) if np.isfinite(median) else 1.0
+    clipped = float(np.mean((pred <= min_depth) | (pred >= max_depth) | ~np.isfinite(pred)))
+    return constant, clipped
+
+
+def degenerate_warnings(stats, model, min_depth, max_depth):
+    """Messages, with the likely cause, when predictions are degenerate; [] when they look sound.
+
+    Args:
+        stats: [(constant, clipped)] per image from `prediction_stats`.
+        model: the `DepthModel` evaluated (its kind, info and input range name the likely cause).
+        min_depth, max_depth: the clip range.
+    """
+    if not stats:
+        return []
+    constant, clipped = (float(np.mean(v)) for v in zip(*stats, strict=True))
+    used = getattr(model, "input_range", "0-255")
+    other = "0-1" if used == "0-255" else "0-255"
+    if getattr(model, "input_dtype", "float32") in ("uint8", "int8"):
+        cause = (f"the model's input is {model.input_dtype} and it was fed pixels in {used} "
+                 f"({getattr(model, 'input_range_note', '')}); if that is not the range it expects, every input "
+                 f"saturates: try --input-range {other}")
+    else:
+        cause = (f"a wrong pixel range (it was fed {getattr(model, 'input_range', '0-255')}; try --input-range {other}), "
+                 "wrong output units (--output-scale) or an untrained or collapsed model")
+    out = []
+    if constant >= DEGENERATE_SHARE:
+        out.append(f"predictions are degenerate: on average {100 * constant:.1f} % of each image's pixels lie within 1 % "
+                   f"of one value. Likely cause: {cause}.")
+    if clipped >= CLIPPED_SHARE:
+        out.append(f"{100 * clipped:.1f} % of the predicted pixels are at the clip limits ({min_depth:g} or {max_depth:g} m) "
+                   "or not finite. Likely cause: wrong output units (--output-scale, e.g. 0.001 for millimetres), a model "
+                   f"that predicts disparity or relative depth (--align median), or {cause}.")
+    return out
 
 
 def _predict_batch(model, samples, flip_tta, min_depth):
@@ -391,22 +439,8 @@ def evaluate(model, source, split=None, *, protocol="eigen", flip_tta=False, ali
     n = source.num_samples(split)
     if limit is not None:
         n = min(n, int(limit))
-    names = source.sample_names(split)
-    rows, per_image, consistency, skipped_names = [], [], [], []
-    for first in range(0, n, batch_size):
-        indices = range(first, min(n, first + batch_size))
-        samples = [source.load(split, i) for i in indices]
-        for i, (gt, pred, c) in zip(indices, _predict_batch(model, samples, flip_tta, min_depth), strict=True):
-            pixels = _valid_pixels(gt, resize_depth(pred, gt.shape), protocol, min_depth, max_depth, align)
-            if pixels is None:
-                skipped_names.append(names[i])
-            else:
-                errors = compute_errors(*pixels)
-                rows.append(errors)
-                consistency.append(c)
-                per_image.append({"name": names[i], **errors, "flip_consistency": c})
-            if progress is not None:
-                progress(i + 1, n)
+    scored = _score(model, source, split, n, protocol, flip_tta, align, progress, min_depth, max_depth, batch_size)
+    rows, per_image, consistency, skipped_names, stats = scored
     return EvalResult(
         metrics=_mean_metrics(rows),
         flip_consistency=float(np.mean(consistency)) if consistency else math.nan,
@@ -428,4 +462,27 @@ def evaluate(model, source, split=None, *, protocol="eigen", flip_tta=False, ali
         seconds=time.perf_counter() - start,
         per_image=per_image,
         skipped_names=skipped_names,
+        warnings=degenerate_warnings(stats, model, min_depth, max_depth),
     )
+
+
+def _score(model, source, split, n, protocol, flip_tta, align, progress, min_depth, max_depth, batch_size):
+    """Per-image errors of the first `n` samples: (rows, per_image, consistency, skipped names, prediction stats)."""
+    names = source.sample_names(split)
+    rows, per_image, consistency, skipped_names, stats = [], [], [], [], []
+    for first in range(0, n, batch_size):
+        indices = range(first, min(n, first + batch_size))
+        samples = [source.load(split, i) for i in indices]
+        for i, (gt, pred, c) in zip(indices, _predict_batch(model, samples, flip_tta, min_depth), strict=True):
+            stats.append(prediction_stats(pred, min_depth, max_depth))
+            pixels = _valid_pixels(gt, resize_depth(pred, gt.shape), protocol, min_depth, max_depth, align)
+            if pixels is None:
+                skipped_names.append(names[i])
+            else:
+                errors = compute_errors(*pixels)
+                rows.append(errors)
+                consistency.append(c)
+                per_image.append({"name": names[i], **errors, "flip_consistency": c})
+            if progress is not None:
+                progress(i + 1, n)
+    return rows, per_image, consistency, skipped_names, stats

@@ -173,24 +173,29 @@ def fold_channel_flip(network):
     conversion gets wrong (module docstring). All other layers are shared with `network`, not
     copied, and `network` itself is not changed.
 
+    A network without a `CaffePreprocess` layer (e.g. the MobileNetV2 backbone, whose
+    preprocessing is x / 127.5 - 1 in RGB order) has no flip: its functional graph is returned
+    as is, with no convolution reversed.
+
     Args:
-        network: a float32 kdepth network (or a functional graph of its layers) with a
-            `CaffePreprocess` layer named "preprocess".
+        network: a float32 kdepth network (or a functional graph of its layers).
 
     Returns:
         (folded graph with the network's outputs, sorted names of the convolutions whose
-        kernels were reversed).
+        kernels were reversed; [] when there was nothing to fold).
 
     Raises:
-        KdepthError: no CaffePreprocess layer "preprocess", or it feeds a layer that cannot absorb the flip.
+        KdepthError: the CaffePreprocess layer feeds a layer that cannot absorb the flip.
     """
     from kdepth.models.layers import CaffePreprocess
 
-    names = {layer.name for layer in network.layers}
-    if "preprocess" not in names or not isinstance(network.get_layer("preprocess"), CaffePreprocess):
+    flips = [layer for layer in network.layers if isinstance(layer, CaffePreprocess)]
+    if not flips:
+        return _functional_view(network), []
+    if flips[0].name != "preprocess":
         raise KdepthError(
-            f"model {network.name!r} has no CaffePreprocess layer named 'preprocess'; the int8 export folds its channel "
-            "flip into the first convolutions. Export a model written by `kdepth fit`."
+            f"model {network.name!r}: its CaffePreprocess layer is named {flips[0].name!r}; the int8 export folds "
+            "the channel flip of a layer named 'preprocess'. Export a model written by `kdepth fit`."
         )
     mean = network.get_layer("preprocess").mean
     convs = flip_consumers(network)

@@ -22,13 +22,18 @@ RGB images of any size and returns depth in metres at that size, whatever the mo
     parameters (scale 0) takes or gives raw values.
 
 Foreign models' conventions: ``input_range="0-1"`` divides the 0-255 pixels by 255 before they
-reach the model (and before quantization); ``output_scale`` multiplies the raw output to give
+reach the model (and before quantization). ``input_range="auto"`` (the default) reads it from a
+uint8 / int8 input's quantization (`infer_input_range`: scale x 255 close to 1 means 0-1, scale
+close to 1 means 0-255, anything else is refused with a request for an explicit range) and uses
+0-255, kdepth's convention, for float inputs; `DepthModel.input_range_note` says which and why. ``output_scale`` multiplies the raw output to give
 metres (e.g. 0.001 for a model emitting millimetres). Every bad path, wrong file kind, corrupt or
 truncated file, or unsupported signature raises a `KdepthError` naming the file.
 
-Resizing (`resize_image`, `resize_depth`) uses TensorFlow's bilinear resize with half-pixel
-centres, the same op as Keras' ``Resizing`` layer: images are antialiased when shrunk, depth maps
-are not (they are normally enlarged, as BTS and AdaBins do).
+Resizing (`resize_image`, `resize_depth`, from `kdepth.resize`) is numpy's copy of TensorFlow's
+bilinear resize with half-pixel centres, the same function as Keras' ``Resizing`` layer: images
+are antialiased when shrunk, depth maps are not (they are normally enlarged, as BTS and AdaBins
+do). A ``.tflite`` model is therefore run without importing TensorFlow or Keras: LiteRT, numpy
+and Pillow are all it needs.
 """
 
 import numpy as np
@@ -37,9 +42,13 @@ from kdepth import quiet
 from kdepth.config import choices
 from kdepth.errors import KdepthError
 from kdepth.paths import resolve_model_path
+from kdepth.resize import resize_depth, resize_image
+
+__all__ = ["DepthModel", "load_depth_model", "resize_depth", "resize_image", "resolve_model_path"]
 
 KINDS = ("keras", "saved_model", "tflite")
-INPUT_RANGES = choices("eval", "input_range")
+INPUT_RANGES = choices("eval", "input_range")  # "auto", "0-255", "0-1"
+RANGE_TOLERANCE = 0.05  # relative: a uint8 input scale within 5 % of 1/255 (or of 1) decides the range
 BATCH = 8  # images per call for Keras and SavedModel models: bounds memory at large input sizes
 
 
@@ -47,34 +56,6 @@ def _tf():
     import tensorflow as tf  # imported on first use: the CLI starts faster without it
 
     return tf
-
-
-def resize_image(rgb, size):
-    """Resizes one RGB image (H, W, 3) to `size` (h, w): bilinear, antialiased; float32 0-255.
-
-    An image already at `size` is returned unchanged (as float32).
-    """
-    rgb = np.asarray(rgb)
-    if tuple(rgb.shape[:2]) == tuple(size):
-        return rgb.astype(np.float32)
-    tf = _tf()
-    out = tf.image.resize(tf.cast(rgb, tf.float32), size, method="bilinear", antialias=True)
-    return np.clip(out.numpy(), 0.0, 255.0)
-
-
-def resize_depth(depth, size):
-    """Resizes depth (h, w) or (N, h, w) to `size` (H, W) bilinearly; float32.
-
-    Depth maps are predictions without holes, so a plain bilinear resize is right here (ground
-    truth with holes needs `kdepth.ops.masked_resize` instead).
-    """
-    depth = np.asarray(depth, dtype=np.float32)
-    if tuple(depth.shape[-2:]) == tuple(size):
-        return depth
-    tf = _tf()
-    batched = depth if depth.ndim == 3 else depth[None]
-    out = tf.image.resize(batched[..., None], size, method="bilinear").numpy()[..., 0]
-    return out if depth.ndim == 3 else out[0]
 
 
 def as_rgb(image, name="image"):
@@ -92,6 +73,22 @@ def as_rgb(image, name="image"):
     return image[..., :3]
 
 
+def as_array(images):
+    """An array from `DepthModel.predict`'s input: an image file path or a PIL image is read as
+    RGB with its EXIF orientation applied (as the photo is shown); arrays pass unchanged."""
+    import os
+
+    if isinstance(images, (str, os.PathLike)):
+        from kdepth.data.sources import read_rgb
+
+        return read_rgb(images)
+    if hasattr(images, "getexif") and hasattr(images, "convert"):  # a PIL image
+        from PIL import ImageOps
+
+        return np.asarray(ImageOps.exif_transpose(images).convert("RGB"))
+    return np.asarray(images)
+
+
 class DepthModel:
     """A depth model of any supported format, run on raw RGB images.
 
@@ -100,18 +97,26 @@ class DepthModel:
             actually used).
         kind: "keras", "saved_model" or "tflite".
         input_size: (H, W) the model takes.
-        input_range: "0-255" or "0-1", the pixel range the model is fed.
+        input_range: "0-255" or "0-1", the pixel range the model is fed ("auto" resolved).
+        input_range_note: one line saying which range is used and why.
+        input_dtype: dtype name of the model's input tensor ("float32", "uint8", ...).
         output_scale: factor from the model's raw output to metres.
         info: one line describing the model (kind, size, tensor types and quantization).
     """
 
     kind = ""
 
-    def __init__(self, path, input_size, *, input_range="0-255", output_scale=1.0):
+    def __init__(self, path, input_size, *, input_range="auto", output_scale=1.0):
         self.path = str(path)
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.input_range = input_range
+        self.input_range = "0-255" if input_range == "auto" else input_range
+        self.input_range_note = (
+            f"input range {self.input_range} ("
+            + ("kdepth's convention for a float input; --input-range overrides" if input_range == "auto" else "as given")
+            + ")"
+        )
         self.output_scale = float(output_scale)
+        self.input_dtype = "float32"
         self.info = self.kind
 
     def __repr__(self):
@@ -125,12 +130,13 @@ class DepthModel:
 
         Args:
             images: one image (H, W, 3) raw RGB 0-255 (uint8 or float; greyscale (H, W) and
-                RGBA are converted), or a batch (N, H, W, 3).
+                RGBA are converted), a batch (N, H, W, 3), or an image file path or PIL image
+                (read with its EXIF orientation applied, so depth comes out as the photo is shown).
 
         Returns:
             float32 depth in metres: (H, W) for one image, (N, H, W) for a batch.
         """
-        images = np.asarray(images)
+        images = as_array(images)
         if images.ndim == 4:
             return self._predict_batch(images)
         return self._predict_batch(as_rgb(images, self.path)[None])[0]
@@ -355,8 +361,14 @@ class TfliteDepthModel(DepthModel):
         except Exception as e:
             raise KdepthError(f"{path}: cannot prepare the TFLite model for input {shape} ({type(e).__name__}: {e}).") from None
         self._out = self._interpreter.get_output_details()[0]  # shapes are final after allocation
-        super().__init__(path, (h, w), **kwargs)
         self._in_q = _quant(self._in, path, "input")
+        range_note = None
+        if kwargs.get("input_range", "auto") == "auto":
+            kwargs["input_range"], range_note = infer_input_range(self._in["dtype"], *self._in_q, path)
+        super().__init__(path, (h, w), **kwargs)
+        self.input_dtype = np.dtype(self._in["dtype"]).name
+        if range_note:
+            self.input_range_note = f"input range {self.input_range} ({range_note}; --input-range overrides)"
         self._out_q = _quant(self._out, path, "output")
         self.info = f"tflite, input {_describe_tensor(self._in)}, output {_describe_tensor(self._out)}"
 
@@ -371,13 +383,48 @@ class TfliteDepthModel(DepthModel):
         return np.stack(outs)
 
 
-def load_depth_model(path, *, input_range="0-255", output_scale=1.0, threads=None, input_size=None):
+def infer_input_range(dtype, scale, zero_point, path="model"):
+    """The pixel range a model's integer input expects, from its quantization.
+
+    Args:
+        dtype: the input tensor's dtype.
+        scale, zero_point: its quantization (scale 0 = not quantized).
+        path: for messages.
+
+    Returns:
+        ("0-1" or "0-255", the reason in words) for uint8 / int8 inputs; ("0-255", reason) for
+        float or unquantized integer inputs (raw values).
+
+    Raises:
+        KdepthError: a quantized 8-bit input whose scale is neither about 1/255 nor about 1.
+    """
+    dtype = np.dtype(dtype)
+    name = dtype.name
+    if not np.issubdtype(dtype, np.integer):
+        return "0-255", f"{name} input: kdepth's convention"
+    if scale <= 0:
+        return "0-255", f"{name} input without quantization: raw pixel values"
+    described = f"{name} input quantized with scale {scale:.6g}, zero point {zero_point}"
+    if abs(scale * 255.0 - 1.0) <= RANGE_TOLERANCE:
+        return "0-1", f"{described}: its float input is 0-1"
+    if dtype.itemsize == 1 and abs(scale - 1.0) <= RANGE_TOLERANCE:
+        return "0-255", f"{described}: its float input is 0-255"
+    low, high = (np.iinfo(dtype).min - zero_point) * scale, (np.iinfo(dtype).max - zero_point) * scale
+    raise KdepthError(
+        f"{path}: {described}, i.e. float input {low:.4g}..{high:.4g}, which is neither 0-1 (scale 1/255) nor 0-255 "
+        "(scale 1); kdepth cannot tell which pixel range it expects. Pass --input-range 0-255 or --input-range 0-1 "
+        "(input_range= in the Python API)."
+    )
+
+
+def load_depth_model(path, *, input_range="auto", output_scale=1.0, threads=None, input_size=None):
     """Loads a depth model of any supported kind (see the module docstring).
 
     Args:
         path: a .keras file, a run or stage folder, a SavedModel folder or a .tflite file.
-        input_range: "0-255" (kdepth's convention: raw RGB) or "0-1" (pixels divided by 255
-            before they reach the model, and before quantization).
+        input_range: "auto" (from a quantized input, else 0-255; `infer_input_range`),
+            "0-255" (kdepth's convention: raw RGB) or "0-1" (pixels divided by 255 before they
+            reach the model, and before quantization).
         output_scale: multiplies the model's raw output to give metres.
         threads: LiteRT interpreter threads for .tflite models (None = LiteRT's default).
         input_size: (H, W) for SavedModel or TFLite models whose input height and width are free;
@@ -387,7 +434,8 @@ def load_depth_model(path, *, input_range="0-255", output_scale=1.0, threads=Non
         A `DepthModel`.
 
     Raises:
-        KdepthError: the path is missing, of the wrong kind, corrupt, or not a one-input depth model.
+        KdepthError: the path is missing, of the wrong kind, corrupt, or not a one-input depth
+            model, or "auto" cannot tell a quantized input's range.
     """
     if input_range not in INPUT_RANGES:
         raise KdepthError(f"input_range received {input_range!r}; allowed: {list(INPUT_RANGES)}.")

@@ -229,16 +229,65 @@ def collect_images(inputs):
 
 
 def _read_image(path):
-    """uint8 (H, W, 3) RGB and the original PIL mode; DataError naming the file otherwise."""
-    from kdepth.data.sources import read_rgb
+    """uint8 (H, W, 3) RGB as the photo is shown (EXIF orientation applied), the original PIL
+    mode and the EXIF orientation (1 = none); DataError naming the file otherwise."""
+    from kdepth.data.sources import apply_orientation, read_rgb_stored
 
-    rgb = read_rgb(path)  # DataError for unreadable files; converts greyscale / palette / RGBA
+    rgb, orientation = read_rgb_stored(path)  # DataError for unreadable files; converts greyscale / palette / RGBA
     with Image.open(path) as img:
         mode = img.mode
-    return rgb, mode
+    return apply_orientation(rgb, orientation), mode, orientation
 
 
-def load_model(model, *, input_range="0-255", output_scale=1.0, threads=None):
+FULL_FRAME_DIAGONAL_MM = 43.267  # 36 x 24 mm: what FocalLengthIn35mmFilm refers to
+EXIF_IFD = 0x8769
+MM_PER_UNIT = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}  # FocalPlaneResolutionUnit: inch, cm, mm, um
+
+
+def exif_intrinsics(path, size):
+    """Pinhole intrinsics from a photo's EXIF focal length, or None when it holds none.
+
+    Uses FocalLengthIn35mmFilm (by the diagonal: f_px = f35 * diag_px / 43.27 mm), else
+    FocalLength with FocalPlaneXResolution (the sensor's pixels per unit); the principal point
+    is the image centre ((W - 1) / 2, (H - 1) / 2). Pixels are square, so the focal length in
+    pixels does not depend on the orientation.
+
+    Args:
+        path: the image file.
+        size: (H, W) of the image as shown (and of its depth map).
+
+    Returns:
+        ((fx, fy, cx, cy), a sentence naming the EXIF fields used), or None.
+    """
+    h, w = size
+    try:
+        with Image.open(path) as img:
+            ifd = img.getexif().get_ifd(EXIF_IFD)
+        f35, f_mm = float(ifd.get(0xA405) or 0), float(ifd.get(0x920A) or 0)
+        xres, unit = float(ifd.get(0xA20E) or 0), int(ifd.get(0xA210) or 2)
+    except Exception:  # a broken EXIF block means no intrinsics, not a failed prediction
+        return None
+    centre = ((w - 1) / 2.0, (h - 1) / 2.0)
+    if f35 > 0:
+        f = f35 * float(np.hypot(w, h)) / FULL_FRAME_DIAGONAL_MM
+        return (f, f, *centre), f"EXIF FocalLengthIn35mmFilm {f35:g} mm -> fx = fy = {f:.1f} px"
+    if f_mm > 0 and xres > 0 and unit in MM_PER_UNIT:
+        f = f_mm * xres / MM_PER_UNIT[unit]
+        return (f, f, *centre), f"EXIF FocalLength {f_mm:g} mm x FocalPlaneXResolution -> fx = fy = {f:.1f} px"
+    return None
+
+
+def cloud_intrinsics(path, size, intrinsics=None):
+    """The intrinsics a point cloud uses and a sentence saying which: given, from EXIF, or NYU's scaled."""
+    if intrinsics is not None:
+        return intrinsics_for(size, intrinsics), "intrinsics from --intrinsics"
+    found = exif_intrinsics(path, size)
+    if found is not None:
+        return found[0], f"intrinsics from the photo's {found[1]}"
+    return intrinsics_for(size), f"no focal length in EXIF: NYU's intrinsics scaled to {size[0]}x{size[1]}"
+
+
+def load_model(model, *, input_range="auto", output_scale=1.0, threads=None):
     """A `DepthModel` from a path (anything `kdepth.inference.load_depth_model` reads), or `model` itself."""
     if not isinstance(model, (str, os.PathLike)):
         return model
@@ -290,7 +339,7 @@ def predict_paths(
     npy=False,
     pointcloud=False,
     intrinsics=None,
-    input_range="0-255",
+    input_range="auto",
     output_scale=1.0,
     threads=None,
     show_progress=False,
@@ -325,6 +374,8 @@ def predict_paths(
         detail = "; ".join(f"{p}: {r}" for p, r in problems) or "no inputs given"
         raise KdepthError(f"no images to predict ({detail}); pass image files (.png, .jpg) or folders holding them.")
     depth_model = load_model(model, input_range=input_range, output_scale=output_scale, threads=threads)
+    if depth_model is not model and getattr(depth_model, "input_range_note", None):
+        echo(depth_model.input_range_note)  # loaded here from a path: say which input range
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PredictReport(out_dir)
@@ -360,10 +411,13 @@ def predict_paths(
 
 
 def _predict_one(model, path, base, npy, pointcloud, intrinsics, report, echo):
-    rgb, mode = _read_image(path)
+    rgb, mode, orientation = _read_image(path)
     if mode != "RGB":
         report.notes.append((str(path), f"converted {mode} to RGB"))
         echo(f"{path}: converted PIL mode {mode} to RGB")
+    if orientation != 1:
+        report.notes.append((str(path), f"EXIF orientation {orientation} applied"))
+        echo(f"{path}: EXIF orientation {orientation} applied: outputs are {rgb.shape[0]}x{rgb.shape[1]} (HxW), as the photo is shown")
     depth, note = predict_depth(model, rgb)
     if note:
         report.notes.append((str(path), note))
@@ -377,8 +431,13 @@ def _predict_one(model, path, base, npy, pointcloud, intrinsics, report, echo):
         with open(path, "wb") as f:  # np.save would append .npy to the temporary name
             np.save(f, depth.astype(np.float32))
 
+    if pointcloud:
+        cloud_k, said = cloud_intrinsics(path, depth.shape, intrinsics)
+        report.notes.append((str(path), f"point cloud: {said}"))
+        echo(f"{path}: point cloud: {said}")
+
     def write_cloud(path):
-        points, mask = backproject(depth, intrinsics_for(depth.shape, intrinsics))
+        points, mask = backproject(depth, cloud_k)
         write_ply(path, points, rgb[mask])
 
     writers = [

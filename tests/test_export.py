@@ -217,9 +217,20 @@ def test_fold_refuses_a_graph_it_cannot_fold():
     foreign = keras.Model(image, keras.layers.Dense(1, name="head")(x), name="foreign")
     with pytest.raises(KdepthError, match=r"layer 'flat' \(Flatten\) reads the preprocessed image"):
         fold_channel_flip(foreign)
+    renamed = keras.Model(image, keras.layers.Conv2D(1, 3, name="conv")(CaffePreprocess(name="caffe")(image)))
+    with pytest.raises(KdepthError, match="its CaffePreprocess layer is named 'caffe'"):
+        fold_channel_flip(renamed)
+
+
+def test_fold_leaves_a_graph_without_a_channel_flip_as_it_is():
+    # Behaviour changed with the MobileNetV2 backbone (x / 127.5 - 1, RGB): a network without a
+    # CaffePreprocess layer has nothing to fold, so int8 export works (it used to be refused).
+    image = keras.Input((8, 8, 3), name="image")
     plain = keras.Model(image, keras.layers.Conv2D(1, 3, name="conv")(image), name="plain")
-    with pytest.raises(KdepthError, match="no CaffePreprocess layer named 'preprocess'"):
-        fold_channel_flip(plain)
+    folded, convs = fold_channel_flip(plain)
+    assert convs == []
+    x = np.random.default_rng(0).uniform(0, 255, (1, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_array_equal(folded.predict_on_batch(x), plain.predict_on_batch(x))
 
 
 class _Offset:

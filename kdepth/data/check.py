@@ -68,6 +68,7 @@ class CheckReport:
     source_name: str
     problems: list = field(default_factory=list)  # [Problem]
     stats: dict = field(default_factory=dict)  # split -> SplitStats
+    warnings: list = field(default_factory=list)  # [(split, path, message)]: readable, but worth a look
 
     @property
     def ok(self):
@@ -83,6 +84,9 @@ class CheckReport:
                 lines.append(f"  [{p.split}] {p.path}: {p.reason}")
         else:
             lines.append("no problems found.")
+        if self.warnings:
+            lines.append(f"{len(self.warnings)} warning(s):")
+            lines.extend(f"  [{split}] {path}: {message}" for split, path, message in self.warnings)
         if self.stats:
             header = ("split", "samples", "ok", "bad", "resolution HxW (most common)", "min HxW", "max HxW", "depth m (min..max)", "valid px")
             rows = [header]
@@ -113,6 +117,26 @@ class CheckReport:
 
 def _hw(hw):
     return f"{hw[0]}x{hw[1]}"
+
+
+ORIENTATION_WARNING = (
+    "RGB file has EXIF orientation {o} (viewers show it flipped or rotated); its depth map carries none. kdepth "
+    "applies the orientation to both (the depth map is taken to share the RGB file's stored pixel grid); if the depth "
+    "map was saved as the photo is shown instead, re-save the RGB without the tag (e.g. PIL ImageOps.exif_transpose)."
+)
+
+
+def _check_orientation(source, split, index, report):
+    """Adds a warning when a pair's RGB file carries a non-trivial EXIF orientation."""
+    from kdepth.data.sources import file_orientation
+
+    pair_paths = getattr(source, "pair_paths", None)
+    if pair_paths is None:
+        return
+    rgb_path = pair_paths(split, index)[0]
+    orientation = file_orientation(rgb_path)
+    if orientation != 1:
+        report.warnings.append((split, str(rgb_path), ORIENTATION_WARNING.format(o=orientation)))
 
 
 def check_source(source, splits=None, progress=None):
@@ -151,6 +175,7 @@ def check_source(source, splits=None, progress=None):
                 report.problems.append(Problem(split, DataError(names[i], f"unexpected {type(e).__name__}: {e}")))
             else:
                 stats.add(np.asarray(rgb), np.asarray(depth))
+                _check_orientation(source, split, i, report)
             if progress:
                 progress(split, i, n)
         report.stats[split] = stats

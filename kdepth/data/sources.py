@@ -114,9 +114,61 @@ def _open_image(path):
         ) from None
 
 
-def read_rgb(path):
-    """Reads an 8-bit image as uint8 (H, W, 3); greyscale, palette and RGBA images are converted."""
+ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 = as stored; 2-8 = flip and/or rotate to show it
+
+
+def exif_orientation(img):
+    """The EXIF orientation (1-8) of a PIL image; 1 when it has none or an invalid one."""
+    try:
+        value = int(img.getexif().get(ORIENTATION_TAG, 1))
+    except Exception:  # a broken EXIF block must not make a readable image unreadable
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def apply_orientation(array, orientation):
+    """Turns an (H, W, ...) array stored with EXIF `orientation` into the orientation it is shown in.
+
+    The same transform as `PIL.ImageOps.exif_transpose`, for any array (an RGB image or the depth
+    map that shares its pixel grid).
+    """
+    a = np.asarray(array)
+    transforms = {
+        1: lambda x: x,
+        2: lambda x: x[:, ::-1],
+        3: lambda x: x[::-1, ::-1],
+        4: lambda x: x[::-1],
+        5: lambda x: np.swapaxes(x, 0, 1),
+        6: lambda x: np.rot90(x, k=-1),
+        7: lambda x: np.swapaxes(x[::-1, ::-1], 0, 1),
+        8: lambda x: np.rot90(x, k=1),
+    }
+    return np.ascontiguousarray(transforms[int(orientation)](a))
+
+
+def file_orientation(path):
+    """The EXIF orientation (1-8) of an image file, read from its header only; 1 if unreadable."""
+    try:
+        with Image.open(path) as img:
+            return exif_orientation(img)
+    except Exception:  # unreadable files are reported by the reader, not here
+        return 1
+
+
+def read_rgb(path, orient=True):
+    """Reads an 8-bit image as uint8 (H, W, 3); greyscale, palette and RGBA images are converted.
+
+    With `orient` (the default) the EXIF orientation is applied first, so the array is the photo
+    as viewers show it; `read_rgb_stored` gives the stored pixels and the orientation.
+    """
+    rgb, orientation = read_rgb_stored(path)
+    return apply_orientation(rgb, orientation) if orient else rgb
+
+
+def read_rgb_stored(path):
+    """(uint8 (H, W, 3) as stored in the file, its EXIF orientation 1-8)."""
     img = _open_image(path)
+    orientation = exif_orientation(img)
     if img.mode != "RGB":
         if img.mode not in _RGB_CONVERTIBLE:
             raise DataError(
@@ -127,7 +179,7 @@ def read_rgb(path):
         if img.mode == "P" and "transparency" in img.info:
             img = img.convert("RGBA")  # PIL asks for this step before dropping palette transparency
         img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8).copy()
+    return np.asarray(img, dtype=np.uint8).copy(), orientation
 
 
 def _depth_stats_text(raw):
@@ -221,8 +273,13 @@ def _read_depth_npy(path):
 
 
 def read_pair(rgb_path, depth_path, decoding=None):
-    """Reads an RGB file and its depth partner, checking that both have the same size."""
-    rgb = read_rgb(rgb_path)
+    """Reads an RGB file and its depth partner, checking that both have the same size.
+
+    A depth map carries no orientation: it shares the RGB file's stored pixel grid. An RGB file
+    with an EXIF orientation has it applied to both, so the pair is returned as the photo is
+    shown (`kdepth data check` names such files).
+    """
+    rgb, orientation = read_rgb_stored(rgb_path)
     depth = read_depth(depth_path, decoding)
     if rgb.shape[:2] != depth.shape:
         raise DataError(
@@ -230,7 +287,7 @@ def read_pair(rgb_path, depth_path, decoding=None):
             f"RGB is {rgb.shape[0]}x{rgb.shape[1]} (HxW) but its depth partner {depth_path} is "
             f"{depth.shape[0]}x{depth.shape[1]}; both must have the same size.",
         )
-    return rgb, depth
+    return apply_orientation(rgb, orientation), apply_orientation(depth, orientation)
 
 
 class Source:

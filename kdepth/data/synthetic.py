@@ -26,6 +26,7 @@ room at any size) and the per-pixel sensor noise from ``np.random.default_rng([s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -1151,3 +1152,37 @@ def _holes_mask(depth, obj, cosi, holes: Holes):
             ru_px, rv_px = max(ru * w, 0.5), max(rv * w, 0.5)
             invalid |= ((uu - cu * w) / ru_px) ** 2 + ((vv - cv * h) / rv_px) ** 2 <= 1.0
     return invalid
+
+
+# --------------------------------------------------------------------------------------------
+# Camera trajectory (video)
+# --------------------------------------------------------------------------------------------
+
+TRAJECTORY_PERIOD = 240  # frames per back-and-forth cycle of the camera
+TRAJECTORY_YAW = 0.25  # radians (about 14 degrees) of pan either side of the sampled heading
+TRAJECTORY_STEP = 0.1  # metres of sideways travel either side of the sampled position
+
+
+def render_trajectory_frame(seed: int, index: int, size: tuple[int, int], holes: bool = False):
+    """Frame ``index`` of a slow camera move through the one room of stream ``seed``.
+
+    The room is sample 0 of ``seed`` (`render_sample`'s scene); the camera pans by
+    ±`TRAJECTORY_YAW` and slides by ±`TRAJECTORY_STEP` metres sideways along a sine of period
+    `TRAJECTORY_PERIOD` frames, so consecutive frames differ a little, as in a hand-held video.
+    A pure function of (seed, index, size); sensor noise from ``default_rng([seed, index, 2])``.
+
+    Returns:
+        (rgb uint8 (H, W, 3), depth float32 (H, W) z-depth in metres), as `render_scene`.
+    """
+    seed = _check_nonneg_int("seed", seed)
+    index = _check_nonneg_int("index", index)
+    size = _check_size(size)
+    scene = sample_scene(np.random.default_rng([seed, 0]))
+    cam = scene.camera
+    phase = math.sin(2.0 * math.pi * index / TRAJECTORY_PERIOD)
+    side = (math.sin(cam.yaw), -math.cos(cam.yaw))  # the camera's right, horizontal
+    x, y, z = cam.position
+    position = (x + TRAJECTORY_STEP * phase * side[0], y + TRAJECTORY_STEP * phase * side[1], z)
+    camera = Camera(position, cam.yaw + TRAJECTORY_YAW * phase, cam.pitch, cam.roll)
+    moved = dataclasses.replace(scene, camera=camera)
+    return render_scene(moved, size, holes=holes, rng=np.random.default_rng([seed, index, 2]))

@@ -7,13 +7,19 @@ outputs a dict {"scale1", "scale2", "scale3"} (only the scales built) of depth m
 each (B, h, w, 1) float32 and > 0. The layer table is in docs/design.md.
 
 - Scale 1: the backbone's deepest features -> dropout -> dense `coarse_hidden` -> dropout ->
-  dense to the scale-2 grid: the coarse map "scale1".
+  dense to the scale-2 grid: the coarse map "scale1". With ``coarse="compact"`` (the device
+  head) a 1x1 convolution first reduces the deepest map to `COMPACT_CHANNELS` channels, so the
+  first dense layer is (h/32 * w/32 * 64) x `coarse_hidden` rather than VGG's 100 M weights;
+  the output is the same global coarse map.
 - Skips 1.1 / 1.2: the backbone's 1/8 and 1/16 maps -> conv 5x5x64 -> bilinear resize to the
   scale-2 grid.
 - Scale 2 (~1/4): conv 9x9/2 + max-pool 2/2 on the image, then convs fed by the skips and the
   coarse map; output "scale2".
 - Scale 3 (~1/2): conv 9x9/2 + max-pool 2/1 on the image, then convs fed by the scale-2 map
   upsampled x2; output "scale3".
+- ``separable=True`` builds every ReLU convolution of scales 2 and 3 and of the skips as a
+  depthwise-separable convolution (same names, kernel sizes and widths); the linear heads
+  stay plain convolutions (a separable kernel starting at zero would never train).
 
 Layer names are API (the trainer selects learning rates and frozen stages by name, see
 `DepthNetwork.layer_groups`): the backbone keeps its Keras names (VGG16: `block1_conv1` ...
@@ -40,6 +46,7 @@ import numbers
 
 import keras
 
+from kdepth.config import choices
 from kdepth.errors import ConfigError, KdepthError
 from kdepth.models.backbones import get_backbone
 from kdepth.models.layers import DEPTH_MODES, DepthActivation
@@ -122,9 +129,15 @@ def estimate_size(input_size, coarse_hidden=4200):
     return {"parameters": parameters, "dense1_inputs": dense1_inputs, "activation_bytes": 4 * elements}
 
 
-def check_network_size(input_size, coarse_hidden=4200):
+def check_network_size(input_size, coarse_hidden=4200, backbone="vgg16", coarse="dense"):
     """Raises ConfigError, with the estimate, if the network would exceed `MAX_PARAMETERS` or
-    `MAX_ACTIVATION_BYTES` of VGG16 activations per image; returns `estimate_size` otherwise."""
+    `MAX_ACTIVATION_BYTES` of VGG16 activations per image; returns `estimate_size` otherwise.
+
+    The estimate is the VGG16 network's with the dense coarse head; other backbones or heads are
+    not checked (None is returned).
+    """
+    if backbone != "vgg16" or coarse != "dense":
+        return None
     size = estimate_size(input_size, coarse_hidden)
     h, w = check_input_size(input_size)
     problems = []
@@ -149,7 +162,25 @@ def check_network_size(input_size, coarse_hidden=4200):
     return size
 
 
-def _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone):
+COARSE_HEADS = choices("model", "coarse")
+COMPACT_CHANNELS = 64  # channels of the deepest map after scale1_reduce in the compact head
+
+
+def check_backbone_input(input_size, backbone):
+    """Raises ConfigError unless each side of `input_size` is a multiple the backbone needs."""
+    spec = get_backbone(backbone)
+    m = spec.side_multiple
+    h, w = input_size
+    if h % m or w % m:
+        fit = [max(m, round(v / m) * m) for v in (h, w)]
+        raise ConfigError(
+            f"model.input_size=[{h}, {w}] does not suit model.backbone={backbone!r}: its strides need sides that are "
+            f"multiples of {m} (otherwise its 1/8, 1/16 and 1/32 maps do not line up). Use e.g. {fit}."
+        )
+
+
+def _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone, coarse="dense",
+                separable=False, backbone_alpha=1.0, width=64, kernel_size=0):
     if scales not in (1, 2, 3) or isinstance(scales, bool):
         raise ConfigError(f"model.scales={scales!r} is not valid; allowed: 1 (VGG + dense), 2 or 3.")
     if output not in DEPTH_MODES:
@@ -166,7 +197,15 @@ def _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, b
         raise ConfigError(
             f"model.conv_init={conv_init!r} is not a Keras initializer ({err}); use e.g. 'he_normal' or 'glorot_uniform'."
         ) from None
-    get_backbone(backbone)
+    get_backbone(backbone).check_alpha(backbone_alpha)
+    if coarse not in COARSE_HEADS:
+        raise ConfigError(f"model.coarse={coarse!r} is not valid; allowed: {list(COARSE_HEADS)}.")
+    if not isinstance(width, numbers.Integral) or isinstance(width, bool) or width < 2:
+        raise ConfigError(f"model.width={width!r} is not valid; it must be an integer >= 2 (paper: 64).")
+    if not isinstance(kernel_size, numbers.Integral) or isinstance(kernel_size, bool) or kernel_size < 0:
+        raise ConfigError(f"model.kernel_size={kernel_size!r} is not valid; it must be 0 (the paper's 9 and 5) or a size >= 1, e.g. 3.")
+    if not isinstance(separable, bool):
+        raise ConfigError(f"model.separable={separable!r} is not valid; allowed: true or false.")
 
 
 @contextlib.contextmanager
@@ -183,28 +222,39 @@ def dtype_policy(name):
 class _Builder:
     """Builds the layers of one network; a namespace for the layer factories of `_graph`."""
 
-    def __init__(self, conv_init, output, depth_init):
+    def __init__(self, conv_init, output, depth_init, separable=False, width=64, kernel_size=0):
         self.conv_init, self.output, self.depth_init = conv_init, output, float(depth_init)
+        self.separable, self.kernel_size = separable, kernel_size
+        self.width, self.wide = width, width * 3 // 2  # the paper's 64 and 96 channels
 
     def conv(self, filters, kernel, name, strides=1):
+        kernel = self.kernel_size or kernel
+        if self.separable:
+            return keras.layers.SeparableConv2D(
+                filters, kernel, strides=strides, padding="same", activation="relu",
+                depthwise_initializer=self.conv_init, pointwise_initializer=self.conv_init, name=name,
+            )
         return keras.layers.Conv2D(filters, kernel, strides=strides, padding="same", activation="relu",
                                    kernel_initializer=self.conv_init, name=name)
 
     def head(self, name):
         # Linear, zero kernel: z = 0 -> depth_init everywhere at the start; float32 under mixed precision.
-        return keras.layers.Conv2D(1, 5, padding="same", kernel_initializer="zeros", dtype="float32", name=name)
+        return keras.layers.Conv2D(1, self.kernel_size or 5, padding="same", kernel_initializer="zeros", dtype="float32",
+                                   name=name)
 
     def depth(self, z, name):
         return DepthActivation(mode=self.output, depth_init=self.depth_init, dtype="float32", name=name)(z)
 
     def skip(self, features, name, size):
-        s = self.conv(64, 5, f"{name}_conv")(features)
+        s = self.conv(self.width, 5, f"{name}_conv")(features)
         return keras.layers.Resizing(*size, interpolation="bilinear", name=f"{name}_resize")(s)
 
 
-def _coarse(deep, dropout, coarse_hidden, size):
-    """Scale 1: flatten -> dropout -> dense -> dropout -> dense to the scale-2 grid; returns z1."""
+def _coarse(deep, dropout, coarse_hidden, size, head="dense", conv_init="he_normal"):
+    """Scale 1: [1x1 reduce ->] flatten -> dropout -> dense -> dropout -> dense to the scale-2 grid; returns z1."""
     layers = keras.layers
+    if head == "compact":
+        deep = layers.Conv2D(COMPACT_CHANNELS, 1, activation="relu", kernel_initializer=conv_init, name="scale1_reduce")(deep)
     x = layers.Flatten(name="scale1_flatten")(deep)
     x = layers.Dropout(float(dropout), name="scale1_dropout1")(x)
     x = layers.Dense(int(coarse_hidden), activation="relu", name="scale1_dense1")(x)
@@ -216,50 +266,51 @@ def _coarse(deep, dropout, coarse_hidden, size):
 def _scale2(b, img, taps, z1, skips, size):
     """Scale 2: the image branch, the skips 1.1 / 1.2 and the coarse map; returns z2."""
     layers = keras.layers
-    x = b.conv(96, 9, "scale2_conv1", strides=2)(img)
+    x = b.conv(b.wide, 9, "scale2_conv1", strides=2)(img)
     x = layers.MaxPooling2D(2, strides=2, padding="same", name="scale2_pool1")(x)
     if skips:
         x = layers.Concatenate(name="scale2_concat1")([x, b.skip(taps["skip1_1"], "skip1_1", size)])
-    x = b.conv(64, 5, "scale2_conv2")(x)
-    x = b.conv(64, 5, "scale2_conv3")(x)
+    x = b.conv(b.width, 5, "scale2_conv2")(x)
+    x = b.conv(b.width, 5, "scale2_conv3")(x)
     if skips:
         x = layers.Concatenate(name="scale2_concat2")([x, b.skip(taps["skip1_2"], "skip1_2", size)])
-    x = b.conv(64, 5, "scale2_conv4")(x)
-    x = b.conv(64, 5, "scale2_conv5")(x)
+    x = b.conv(b.width, 5, "scale2_conv4")(x)
+    x = b.conv(b.width, 5, "scale2_conv5")(x)
     x = layers.Concatenate(name="scale2_concat3")([x, z1])
     for i in (6, 7, 8):
-        x = b.conv(64, 5, f"scale2_conv{i}")(x)
+        x = b.conv(b.width, 5, f"scale2_conv{i}")(x)
     return b.head("scale2_head")(x)
 
 
 def _scale3(b, img, z2, size):
     """Scale 3: the image branch and the scale-2 map upsampled onto the scale-3 grid; returns z3."""
     layers = keras.layers
-    x = b.conv(96, 9, "scale3_conv1", strides=2)(img)
+    x = b.conv(b.wide, 9, "scale3_conv1", strides=2)(img)
     x = layers.MaxPooling2D(2, strides=1, padding="same", name="scale3_pool1")(x)
-    x = b.conv(64, 5, "scale3_conv2")(x)
+    x = b.conv(b.width, 5, "scale3_conv2")(x)
     # ~x2, resized exactly onto the scale-3 grid (an odd side is not exactly twice h2).
     up = layers.Resizing(*size, interpolation="bilinear", dtype="float32", name="scale3_upsample")(z2)
     x = layers.Concatenate(name="scale3_concat1")([x, up])
     for i in (3, 4, 5):
-        x = b.conv(64, 5, f"scale3_conv{i}")(x)
+        x = b.conv(b.width, 5, f"scale3_conv{i}")(x)
     return b.head("scale3_head")(x)
 
 
-def _graph(input_size, scales, skips, backbone, output, coarse_hidden, dropout, conv_init, depth_init):
+def _graph(input_size, scales, skips, backbone, output, coarse_hidden, dropout, conv_init, depth_init,
+           coarse="dense", separable=False, backbone_alpha=1.0, width=64, kernel_size=0):
     """The functional graph: returns (image input, {scale: depth}, names of the backbone's layers)."""
     spec = get_backbone(backbone)
     sizes = scale_sizes(input_size)
-    b = _Builder(conv_init, output, depth_init)
+    b = _Builder(conv_init, output, depth_init, separable, width, kernel_size)
     image = keras.Input(shape=(*input_size, 3), dtype="float32", name="image")
     preprocess = spec.preprocess()
     pre = preprocess(image)
-    net = spec.build(pre)
+    net = spec.build(pre, backbone_alpha)
     taps = {role: net.get_layer(name).output for role, name in spec.taps.items()}
-    z1 = _coarse(taps["deep"], dropout, coarse_hidden, sizes["scale1"])
+    z1 = _coarse(taps["deep"], dropout, coarse_hidden, sizes["scale1"], coarse, conv_init)
     outputs = {"scale1": b.depth(z1, "scale1")}
     if scales >= 2:
-        img = keras.layers.Rescaling(1.0 / 127.5, name="image_rescale")(pre)
+        img = pre if spec.branch_scale is None else keras.layers.Rescaling(spec.branch_scale, name="image_rescale")(pre)
         z2 = _scale2(b, img, taps, z1, skips, sizes["scale2"])
         outputs["scale2"] = b.depth(z2, "scale2")
     if scales >= 3:
@@ -326,12 +377,21 @@ class DepthNetwork(keras.Model):
         input_size: (H, W) of the RGB input, each >= 32. The dense layers' sizes follow it.
         scales: 1 (backbone + dense coarse map), 2 (+ scale 2) or 3 (+ scale 3).
         skips: build skip layers 1.1 and 1.2 into scale 2.
-        backbone: name of the backbone, one of `kdepth.models.backbones.BACKBONES` ("vgg16").
+        backbone: name of the backbone, one of `kdepth.models.backbones.BACKBONES` ("vgg16",
+            "mobilenet_v2"; the latter needs sides that are multiples of 32).
         output: depth activation, "log" (exp) or "softplus".
         coarse_hidden: width of the first dense layer of scale 1 (layer 1.6).
         dropout: dropout rate before and after that dense layer.
         conv_init: kernel initializer of the non-backbone convolutions.
         depth_init: depth in metres every output predicts before training.
+        coarse: scale-1 head, "dense" (the paper's) or "compact" (1x1 reduction first, for devices).
+        separable: depthwise-separable convolutions in scales 2, 3 and the skips.
+        backbone_alpha: width multiplier of backbones that have one (MobileNetV2); 1.0 otherwise.
+        width: channels of the scale-2/3 and skip convolutions (the first of each image branch
+            has 1.5x as many): the paper's 64 and 96.
+        kernel_size: kernel of those convolutions and of the scale-2/3 heads; 0 = the paper's
+            (9 for the image branches' first, 5 for the rest). 3 suits LiteRT's int8 depthwise
+            kernels on a device (its 5x5 and 9x9 ones are several times slower per tap).
         dtype: Keras dtype policy of the layers ("float32", "mixed_bfloat16", ...); None = the
             global policy. Heads and depth activations are float32 whatever it is.
         **kwargs: passed to `keras.Model` (name, trainable).
@@ -347,14 +407,17 @@ class DepthNetwork(keras.Model):
     """
 
     def __init__(self, input_size=(64, 80), scales=3, skips=True, backbone="vgg16", output="log",
-                 coarse_hidden=4200, dropout=0.5, conv_init="he_normal", depth_init=2.0, dtype=None, **kwargs):
+                 coarse_hidden=4200, dropout=0.5, conv_init="he_normal", depth_init=2.0, dtype=None,
+                 coarse="dense", separable=False, backbone_alpha=1.0, width=64, kernel_size=0, **kwargs):
         input_size = check_input_size(input_size)
-        _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone)
-        check_network_size(input_size, coarse_hidden)  # before allocating anything
+        options = dict(coarse=coarse, separable=separable, backbone_alpha=backbone_alpha, width=width, kernel_size=kernel_size)
+        _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone, **options)
+        check_backbone_input(input_size, backbone)
+        check_network_size(input_size, coarse_hidden, backbone, coarse)  # before allocating anything
         policy = dtype or keras.mixed_precision.global_policy().name
         with dtype_policy(policy):
             image, outputs, backbone_layers = _graph(
-                input_size, scales, skips, backbone, output, coarse_hidden, dropout, conv_init, depth_init
+                input_size, scales, skips, backbone, output, coarse_hidden, dropout, conv_init, depth_init, **options
             )
         kwargs.setdefault("name", "kdepth")
         super().__init__(inputs=image, outputs=outputs, **kwargs)
@@ -368,6 +431,11 @@ class DepthNetwork(keras.Model):
         self.conv_init = conv_init
         self.depth_init = float(depth_init)
         self.policy_name = policy
+        self.coarse = coarse
+        self.separable = separable
+        self.backbone_alpha = float(backbone_alpha)
+        self.width = int(width)
+        self.kernel_size = int(kernel_size)
         self.backbone_layers = backbone_layers
 
     @property
@@ -404,6 +472,11 @@ class DepthNetwork(keras.Model):
             "conv_init": self.conv_init,
             "depth_init": self.depth_init,
             "dtype": self.policy_name,
+            "coarse": self.coarse,
+            "separable": self.separable,
+            "backbone_alpha": self.backbone_alpha,
+            "width": self.width,
+            "kernel_size": self.kernel_size,
         }
 
     @classmethod

@@ -166,7 +166,7 @@ def fit(config, *, stage=None, overfit=0, overwrite=False, echo=print):
     t = config.train
     # What the config alone says is wrong stops here, before a run folder is made: a network too
     # large to build, scales that do not fit the stage, a stage 2/3 without its previous stage.
-    check_network_size(config.model.input_size, config.model.coarse_hidden)
+    check_network_size(config.model.input_size, config.model.coarse_hidden, config.model.backbone, config.model.coarse)
     scales_for_stage(config, stage)
     init_path = resolve_init(config, stage)
     # First, before any TensorFlow op: MultiWorkerMirroredStrategy sets up collectives at start-up.
