@@ -171,6 +171,20 @@ def test_collapse_guard_names_the_collapse():
     assert "collapsed to a constant (2 m everywhere" in messages[0] and "learning rates" in messages[0]
 
 
+def test_collapse_guard_logs_the_fraction_of_zero_predictions():
+    network = DepthNetwork(input_size=(32, 32), scales=2, coarse_hidden=16, output="relu")
+    head = network.get_layer("scale2_head")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel, bias - 5.0])  # relu(2 m - 5) = 0: every pixel in the dead zone
+    logs = {}
+    cb.CollapseGuard(network, tf.zeros((2, 32, 32, 3)), "scale2", echo=lambda m: None).on_epoch_end(0, logs)
+    assert logs["pred_zero_frac"] == 1.0
+    logs = {}
+    head.set_weights([kernel, bias])
+    cb.CollapseGuard(network, tf.zeros((2, 32, 32, 3)), "scale2", echo=lambda m: None).on_epoch_end(0, logs)
+    assert logs["pred_zero_frac"] == 0.0
+
+
 def test_non_finite_guard_names_the_term():
     guard = cb.NonFiniteGuard(["mse_scale2", "set"])
     guard.on_train_batch_end(0, {"loss": 1.0, "mse_scale2": 0.5, "set": 0.1})

@@ -42,6 +42,7 @@ import keras
 
 from kdepth.errors import ConfigError, KdepthError
 from kdepth.models.backbones import get_backbone
+from kdepth.config import choices
 from kdepth.models.layers import DEPTH_MODES, DepthActivation
 
 SCALE_NAMES = ("scale1", "scale2", "scale3")
@@ -63,6 +64,7 @@ HEAD_GROUP_PREFIXES = {
     "scale3": ("scale3",),
 }
 GROUPS = ("backbone", *HEAD_GROUP_PREFIXES)
+SKIP_NORMS = choices("model", "skip_norm")
 
 
 def check_input_size(input_size):
@@ -149,7 +151,9 @@ def check_network_size(input_size, coarse_hidden=4200):
     return size
 
 
-def _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone):
+def _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone, skip_norm="none"):
+    if skip_norm not in SKIP_NORMS:
+        raise ConfigError(f"model.skip_norm={skip_norm!r} is not valid; allowed: {list(SKIP_NORMS)}.")
     if scales not in (1, 2, 3) or isinstance(scales, bool):
         raise ConfigError(f"model.scales={scales!r} is not valid; allowed: 1 (VGG + dense), 2 or 3.")
     if output not in DEPTH_MODES:
@@ -183,8 +187,9 @@ def dtype_policy(name):
 class _Builder:
     """Builds the layers of one network; a namespace for the layer factories of `_graph`."""
 
-    def __init__(self, conv_init, output, depth_init):
+    def __init__(self, conv_init, output, depth_init, skip_norm="none"):
         self.conv_init, self.output, self.depth_init = conv_init, output, float(depth_init)
+        self.skip_norm = skip_norm
 
     def conv(self, filters, kernel, name, strides=1):
         return keras.layers.Conv2D(filters, kernel, strides=strides, padding="same", activation="relu",
@@ -198,6 +203,10 @@ class _Builder:
         return DepthActivation(mode=self.output, depth_init=self.depth_init, dtype="float32", name=name)(z)
 
     def skip(self, features, name, size):
+        if self.skip_norm == "layer":
+            # Post-ReLU inputs are all >= 0, so Adam drifts every kernel weight of a channel the
+            # same way and the ReLU dies (docs/experiments.md); centred inputs do not drift.
+            features = keras.layers.LayerNormalization(name=f"{name}_norm")(features)
         s = self.conv(64, 5, f"{name}_conv")(features)
         return keras.layers.Resizing(*size, interpolation="bilinear", name=f"{name}_resize")(s)
 
@@ -246,11 +255,11 @@ def _scale3(b, img, z2, size):
     return b.head("scale3_head")(x)
 
 
-def _graph(input_size, scales, skips, backbone, output, coarse_hidden, dropout, conv_init, depth_init):
+def _graph(input_size, scales, skips, backbone, output, coarse_hidden, dropout, conv_init, depth_init, skip_norm):
     """The functional graph: returns (image input, {scale: depth}, names of the backbone's layers)."""
     spec = get_backbone(backbone)
     sizes = scale_sizes(input_size)
-    b = _Builder(conv_init, output, depth_init)
+    b = _Builder(conv_init, output, depth_init, skip_norm)
     image = keras.Input(shape=(*input_size, 3), dtype="float32", name="image")
     preprocess = spec.preprocess()
     pre = preprocess(image)
@@ -327,11 +336,14 @@ class DepthNetwork(keras.Model):
         scales: 1 (backbone + dense coarse map), 2 (+ scale 2) or 3 (+ scale 3).
         skips: build skip layers 1.1 and 1.2 into scale 2.
         backbone: name of the backbone, one of `kdepth.models.backbones.BACKBONES` ("vgg16").
-        output: depth activation, "log" (exp) or "softplus".
+        output: depth activation, "log" (exp), "softplus" or "relu" (the poster's legacy head,
+            which can collapse to zero; for experiments).
         coarse_hidden: width of the first dense layer of scale 1 (layer 1.6).
         dropout: dropout rate before and after that dense layer.
         conv_init: kernel initializer of the non-backbone convolutions.
         depth_init: depth in metres every output predicts before training.
+        skip_norm: "none", or "layer": a LayerNormalization (`skip1_1_norm`, `skip1_2_norm`) on
+            each skip branch's input.
         dtype: Keras dtype policy of the layers ("float32", "mixed_bfloat16", ...); None = the
             global policy. Heads and depth activations are float32 whatever it is.
         **kwargs: passed to `keras.Model` (name, trainable).
@@ -347,14 +359,15 @@ class DepthNetwork(keras.Model):
     """
 
     def __init__(self, input_size=(64, 80), scales=3, skips=True, backbone="vgg16", output="log",
-                 coarse_hidden=4200, dropout=0.5, conv_init="he_normal", depth_init=2.0, dtype=None, **kwargs):
+                 coarse_hidden=4200, dropout=0.5, conv_init="he_normal", depth_init=2.0, skip_norm="none", dtype=None,
+                 **kwargs):
         input_size = check_input_size(input_size)
-        _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone)
+        _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone, skip_norm)
         check_network_size(input_size, coarse_hidden)  # before allocating anything
         policy = dtype or keras.mixed_precision.global_policy().name
         with dtype_policy(policy):
             image, outputs, backbone_layers = _graph(
-                input_size, scales, skips, backbone, output, coarse_hidden, dropout, conv_init, depth_init
+                input_size, scales, skips, backbone, output, coarse_hidden, dropout, conv_init, depth_init, skip_norm
             )
         kwargs.setdefault("name", "kdepth")
         super().__init__(inputs=image, outputs=outputs, **kwargs)
@@ -367,6 +380,7 @@ class DepthNetwork(keras.Model):
         self.dropout = float(dropout)
         self.conv_init = conv_init
         self.depth_init = float(depth_init)
+        self.skip_norm = skip_norm
         self.policy_name = policy
         self.backbone_layers = backbone_layers
 
@@ -403,6 +417,7 @@ class DepthNetwork(keras.Model):
             "dropout": self.dropout,
             "conv_init": self.conv_init,
             "depth_init": self.depth_init,
+            "skip_norm": self.skip_norm,
             "dtype": self.policy_name,
         }
 

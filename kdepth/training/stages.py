@@ -45,6 +45,7 @@ def network_from_config(config, scales):
     return DepthNetwork(
         input_size=tuple(m.input_size), scales=scales, skips=m.skips, backbone=m.backbone, output=m.output,
         coarse_hidden=m.coarse_hidden, dropout=m.dropout, conv_init=m.conv_init, depth_init=m.depth_init,
+        skip_norm=m.skip_norm,
     )
 
 
