@@ -40,9 +40,9 @@ import numbers
 
 import keras
 
+from kdepth.config import choices
 from kdepth.errors import ConfigError, KdepthError
 from kdepth.models.backbones import get_backbone
-from kdepth.config import choices
 from kdepth.models.layers import DEPTH_MODES, DepthActivation
 
 SCALE_NAMES = ("scale1", "scale2", "scale3")
