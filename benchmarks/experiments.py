@@ -155,14 +155,20 @@ def table(experiment, results):
                          steps_to(curve, spec["target"]), *extra, minutes])
             lines.append(_row(arm, seed, rows[-1]))
         if len(rows) > 1:
-            lines.append(_row(f"**{arm}**", "mean", [_mean(col) for col in zip(*rows, strict=True)]))
+            means = [_mean(col) for col in zip(*rows, strict=True)]
+            reached = [r[3] is not None for r in rows]
+            if not all(reached):  # a mean over the seeds that got there would flatter the arm
+                means[3] = f"{sum(reached)} of {len(rows)} seeds reached"
+            lines.append(_row(f"**{arm}**", "mean", means))
     return "\n".join(lines)
 
 
 def _row(arm, seed, values):
     cells = []
     for i, v in enumerate(values):
-        if v is None:
+        if isinstance(v, str):
+            cells.append(v)
+        elif v is None:
             cells.append("not reached" if i == 3 else "-")
         elif i == 3:
             cells.append(f"{v:.0f}")
