@@ -118,6 +118,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "devices": Key([], "str_list", "mirrored: devices to use, e.g. [\"GPU:0\", \"GPU:1\"]; [] = every GPU (or the CPU)"),
         # 500: a kill loses little work while writing the backup costs well under 1% of the time
         # (docs/fault-tolerance.md, Backups, has the measured figures).
+        "checkpoints": Key(True, "bool", "write backup/ and last/best weights every epoch (false: only model.keras at the end; no resume)"),
         "backup_every": Key(500, "int", "back up every N batches as well as every epoch (0 = epochs only)", min=0),
         "on_nan": Key("stop", "str", "non-finite loss: stop (keep the last backup, name the term) or skip-batch (skip that update)", ("stop", "skip-batch")),
         "tensorboard_images": Key(4, "int", "validation images drawn in TensorBoard each epoch (0 = none)", min=0),

@@ -135,10 +135,19 @@ def test_fit_writes_a_complete_run_and_lowers_the_loss(tmp_path):
     losses = [float(row.split(",")[header.index("loss")]) for row in log[1:]]
     assert losses[-1] < losses[0]
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["val"]) == {"delta1", "delta2", "delta3", "abs_rel", "rmse"}
+    assert set(summary["val"]) == {"delta1", "delta2", "delta3", "abs_rel", "rmse", "edge_delta1"}
     assert 0 <= summary["baseline"]["delta1"] <= 1
     reloaded = keras.saving.load_model(result.model_path, compile=False)
     assert set(reloaded.output_names) == {"scale1", "scale2"}
+
+
+def test_fit_without_checkpoints_writes_only_the_model_and_the_logs(tmp_path):
+    config = tiny_config(tmp_path, "train.epochs=2", "train.steps_per_epoch=2", "train.checkpoints=false")
+    out = fit(config).stage_dir
+    assert sorted(p.name for p in out.iterdir() if p.name != "tensorboard") == [
+        "config.toml", "log.csv", "model.keras", "summary.json"]
+    header = (out / "log.csv").read_text().splitlines()[0].split(",")
+    assert {"edge_delta1", "val_edge_delta1", "pred_zero_frac"} <= set(header)
 
 
 def test_stage2_starts_from_stage1_and_needs_it(tmp_path):

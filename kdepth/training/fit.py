@@ -249,7 +249,8 @@ def _build(run):
     run.echo(run.parts.load_message)
     if run.dist.name != "default":
         run.echo(run.dist.describe())
-    _check_space(run.out, run.config, run.parts.trainer, run.parts.network, keeps_checkpoints=not run.overfit)
+    keeps = not run.overfit and run.config.train.checkpoints
+    _check_space(run.out, run.config, run.parts.trainer, run.parts.network, keeps_checkpoints=keeps)
 
 
 def _datasets(run):
@@ -304,7 +305,7 @@ def _callbacks(run):
         # A pipeline check, not a run to resume: no per-epoch checkpoints or backups.
         run.epochs, run.steps = OVERFIT_MAX_EPOCHS, OVERFIT_STEPS
         callbacks.append(cb.StopWhenFitted("val_delta1", OVERFIT_TARGET))
-    else:
+    elif t.checkpoints:  # false for throwaway runs: no weights files (5x model.keras each) every epoch
         guards["backup"] = cb.Backup(
             out / "backup", run.steps, save_every=t.backup_every, batch_size=t.batch_size,
             interrupt=cb.InterruptRequest(run.echo), echo=run.echo,
