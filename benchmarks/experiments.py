@@ -42,11 +42,12 @@ RESULTS = HERE / "results" / "experiments"
 EXPERIMENTS = {
     "setloss": {"target": 0.55, "panel": None},
     "skips": {"target": 0.5, "panel": None},
-    "collapse": {"target": 0.5, "panel": "pred_zero_frac"},
+    "collapse": {"target": 0.5, "panel": "pred_zero_frac", "panel2": "pred_log_std"},
     "scales": {"target": 0.55, "panel": "val_edge_delta1"},
     "flips": {"target": 0.55, "panel": None},
 }
 PANEL_TITLES = {"pred_zero_frac": "fraction of predictions <= 1 mm (val images)",
+                "pred_log_std": "std of predicted log depth (0 = a constant map)",
                 "val_edge_delta1": "val delta1 within 2 px of depth edges"}
 
 
@@ -192,8 +193,9 @@ def plot(experiment, results, path):
     except ImportError:
         print('matplotlib is not installed: no PNG (pip install -e ".[plots]")')
         return None
-    panel = EXPERIMENTS.get(experiment, {}).get("panel")
-    fig, axes = plt.subplots(1, 2 if panel else 1, figsize=(11 if panel else 6, 4), squeeze=False)
+    spec = EXPERIMENTS.get(experiment, {})
+    panels = [p for p in (spec.get("panel"), spec.get("panel2")) if p]
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(5.5 * (1 + len(panels)), 4), squeeze=False)
     styles = ["-", "-.", ":", (0, (5, 1))]
     for a, (arm, seeds) in enumerate(results.items()):
         colour = f"C{a}"
@@ -204,14 +206,14 @@ def plot(experiment, results, path):
                             linestyle=styles[s % 2], label=f"{arm} seed {seed} val")
             axes[0, 0].plot(steps, [r.get("delta1", math.nan) for r in curve], color=colour, alpha=0.5,
                             linestyle="--", label=f"{arm} seed {seed} train")
-            if panel:
-                axes[0, 1].plot(steps, [r.get(panel, math.nan) for r in curve], color=colour,
+            for p, panel in enumerate(panels, start=1):
+                axes[0, p].plot(steps, [r.get(panel, math.nan) for r in curve], color=colour,
                                 linestyle=styles[s % 2], marker=".", label=f"{arm} seed {seed}")
     axes[0, 0].set(xlabel="training steps", ylabel="delta1", title=f"{experiment}: delta1 (val solid / dash-dot, train dashed)")
     axes[0, 0].legend(fontsize=6)
-    if panel:
-        axes[0, 1].set(xlabel="training steps", title=PANEL_TITLES.get(panel, panel))
-        axes[0, 1].legend(fontsize=6)
+    for p, panel in enumerate(panels, start=1):
+        axes[0, p].set(xlabel="training steps", title=PANEL_TITLES.get(panel, panel))
+        axes[0, p].legend(fontsize=6)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     fig.tight_layout()
