@@ -185,9 +185,13 @@ def test_collapse_guard_logs_the_fraction_of_zero_predictions():
     head = network.get_layer("scale2_head")
     kernel, bias = head.get_weights()
     head.set_weights([kernel, bias - 5.0])  # relu(2 m - 5) = 0: every pixel in the dead zone
-    logs = {}
-    cb.CollapseGuard(network, tf.zeros((2, 32, 32, 3)), "scale2", echo=lambda m: None).on_epoch_end(0, logs)
+    logs, messages = {}, []
+    cb.CollapseGuard(network, tf.zeros((2, 32, 32, 3)), "scale2", echo=messages.append).on_epoch_end(0, logs)
     assert logs["pred_zero_frac"] == 1.0
+    assert "all-zero collapse" in messages[0]
+    head.set_weights([kernel, bias + 1e5])  # far above the 10 km guard
+    cb.CollapseGuard(network, tf.zeros((2, 32, 32, 3)), "scale2", echo=messages.append).on_epoch_end(0, {})
+    assert "upper guard, where no gradient flows back" in messages[1] and "all-zero" not in messages[1]
     logs = {}
     head.set_weights([kernel, bias])
     cb.CollapseGuard(network, tf.zeros((2, 32, 32, 3)), "scale2", echo=lambda m: None).on_epoch_end(0, logs)

@@ -258,10 +258,19 @@ class CollapseGuard(keras.callbacks.Callback):
             mean = float(tf.reduce_mean(pred))
             self.echo(
                 f"\nwarning: predictions collapsed to a constant ({mean:.3g} m everywhere, log-depth std "
-                f"{std:.2g} < {self.threshold}) after epoch {epoch + 1}. This is the seed project's "
-                "all-zero collapse; likely cause: learning rates too high for the dense layers "
-                "(train.lr_coarse) or too few valid pixels. Lower the rates or check the data."
+                f"{std:.2g} < {self.threshold}) after epoch {epoch + 1}. {self._kind(mean)}likely cause: "
+                "learning rates too high for the dense layers (train.lr_coarse) or too few valid pixels. "
+                "Lower the rates or check the data."
             )
+
+    @staticmethod
+    def _kind(mean):
+        if mean <= CollapseGuard.ZERO_DEPTH:
+            return "This is the seed project's all-zero collapse; "
+        if mean >= 1e3:
+            # The heads' guard (DepthActivation.max_depth) passes no gradient: a run stuck there stays.
+            return "The predictions are at the heads' upper guard, where no gradient flows back; "
+        return ""
 
 
 class DepthImages(keras.callbacks.Callback):
