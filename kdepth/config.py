@@ -70,11 +70,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "backbone": Key("vgg16", "str", "feature extractor of scale 1 and the skip layers (mobilenet_v2: sides multiple of 32)", ("vgg16", "mobilenet_v2")),
         "backbone_alpha": Key(1.0, "float", "width multiplier of mobilenet_v2 (1.0 for vgg16)", min=0.1, max=1.4),
         "backbone_weights": Key("auto", "str", "backbone weights: auto, imagenet, none, or a path to a .h5 file"),
-        "output": Key("log", "str", "depth head: log (exp of a linear output) or softplus; neither has a dead zone", ("log", "softplus")),
+        "output": Key("log", "str", "depth head: log (exp of a linear output) or softplus, neither has a dead zone; relu is the poster's legacy head (it can collapse to 0)", ("log", "softplus", "relu")),
         "coarse": Key("dense", "str", "scale-1 head: dense (paper) or compact (1x1 conv to 64 channels first, for devices)", ("dense", "compact")),
         "width": Key(64, "int", "channels of the scale-2/3 and skip convolutions (first image-branch conv: 1.5x)", min=2),
         "kernel_size": Key(0, "int", "kernel of the scale-2/3 and skip convolutions; 0 = the paper's 9 and 5 (3 for devices)", min=0),
         "separable": Key(False, "bool", "depthwise-separable convolutions in scales 2, 3 and the skips (for devices)"),
+        "skip_norm": Key("none", "str", "normalisation of each skip branch's input: none, or layer (LayerNormalization over channels; keeps the skip convolutions alive)", ("none", "layer")),
         "coarse_hidden": Key(4200, "int", "width of the first dense layer of scale 1 (layer 1.6)", min=1),
         "dropout": Key(0.5, "float", "dropout rate around the dense layers of scale 1", min=0.0, max=0.99),
         "conv_init": Key("he_normal", "str", "initialiser of the non-VGG convolutions", ("he_normal", "glorot_uniform")),
@@ -122,6 +123,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "devices": Key([], "str_list", "mirrored: devices to use, e.g. [\"GPU:0\", \"GPU:1\"]; [] = every GPU (or the CPU)"),
         # 500: a kill loses little work while writing the backup costs well under 1% of the time
         # (docs/fault-tolerance.md, Backups, has the measured figures).
+        "checkpoints": Key(True, "bool", "write backup/ and last/best weights every epoch (false: only model.keras at the end; no resume)"),
         "backup_every": Key(500, "int", "back up every N batches as well as every epoch (0 = epochs only)", min=0),
         "on_nan": Key("stop", "str", "non-finite loss: stop (keep the last backup, name the term) or skip-batch (skip that update)", ("stop", "skip-batch")),
         "tensorboard_images": Key(4, "int", "validation images drawn in TensorBoard each epoch (0 = none)", min=0),

@@ -215,3 +215,45 @@ def test_metrics_under_two_replicas_equal_single_device(on_two_cpus):
     for name, r in results.items():
         assert r["single"] > 0, name
         np.testing.assert_allclose(r["replicas"], r["single"], rtol=1e-5, err_msg=name)
+
+
+def _near_edges_numpy(y_true, edge_threshold, radius):
+    """Reference of near_depth_edges with loops."""
+    valid = np.isfinite(y_true) & (y_true > 0)
+    log_d = np.log(np.where(valid, y_true, 1.0))
+    b, h, w, _ = y_true.shape
+    edges = np.zeros(y_true.shape, bool)
+    for n in range(b):
+        for i in range(h):
+            for j in range(w):
+                for di, dj in ((0, 1), (1, 0)):
+                    k, m = i + di, j + dj
+                    if k < h and m < w and valid[n, i, j, 0] and valid[n, k, m, 0]:
+                        if abs(log_d[n, i, j, 0] - log_d[n, k, m, 0]) > edge_threshold:
+                            edges[n, i, j, 0] = edges[n, k, m, 0] = True
+    near = np.zeros_like(edges)
+    for n in range(b):
+        for i in range(h):
+            for j in range(w):
+                window = edges[n, max(0, i - radius): i + radius + 1, max(0, j - radius): j + radius + 1]
+                near[n, i, j, 0] = window.any()
+    return near & valid
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2])
+def test_near_depth_edges_and_edge_delta_match_numpy(radius):
+    from kdepth.metrics import EdgeDelta, near_depth_edges
+
+    _, y_pred = make_batch(0, h=9, w=11)
+    y_true = np.broadcast_to(2.0 + 0.01 * np.arange(11, dtype=np.float32)[None, None, :, None], (3, 9, 11, 1)).copy()
+    y_true[:2, :, 5:] *= 1.5  # a step edge between columns 4 and 5; the slope alone is no edge
+    y_true[0, 1:3, 1:3] = 0.0
+    y_true[1, 0, 4] = np.nan
+    y_true[2] = 0.0
+    ref = _near_edges_numpy(y_true, 0.1, radius)
+    np.testing.assert_array_equal(np.asarray(near_depth_edges(y_true, 0.1, radius)) > 0, ref)
+    assert ref[0, 5, 4, 0] and ref[0, 5, 5, 0] and not ref[0, 5, 4 + radius + 2, 0]
+    metric = EdgeDelta(radius=radius)
+    metric.update_state(y_true, y_pred)
+    ratio = np.maximum(y_true / y_pred, y_pred / y_true)[ref]
+    np.testing.assert_allclose(float(metric.result()), np.mean(ratio < 1.25), rtol=1e-6)

@@ -118,7 +118,7 @@ def test_dense_layer_size_follows_the_input_size():
     "kwargs, match",
     [
         ({"scales": 4}, "model.scales=4"),
-        ({"output": "relu"}, "model.output='relu'"),
+        ({"output": "tanh"}, "model.output='tanh'"),
         ({"coarse_hidden": 0}, "model.coarse_hidden=0"),
         ({"dropout": 1.0}, "model.dropout=1.0"),
         ({"depth_init": 0.0}, "model.depth_init=0.0"),
@@ -133,7 +133,7 @@ def test_bad_arguments_are_refused(kwargs, match):
 # ---------------------------------------------------------------- heads and layers
 
 
-@pytest.mark.parametrize("output", ["log", "softplus"])
+@pytest.mark.parametrize("output", ["log", "softplus", "relu"])
 def test_untrained_network_predicts_depth_init_everywhere(output):
     model = DepthNetwork((32, 32), output=output, depth_init=3.5, **SMALL)
     for key, value in model(rgb(2, 32, 32), training=False).items():
@@ -167,8 +167,10 @@ def test_depth_activation_matches_numpy():
     np.testing.assert_allclose(soft_out, soft_ref, rtol=1e-5)
     assert np.all(log_out > 0) and np.all(soft_out > 0)
 
-    with pytest.raises(ConfigError, match="mode='relu'"):
-        DepthActivation(mode="relu")
+    relu_ref = np.clip(z.astype("float64") + d0, 1e-4, 1e4)  # the poster's head: a dead zone below 0
+    np.testing.assert_allclose(np.asarray(DepthActivation(mode="relu", depth_init=d0)(z)), relu_ref, rtol=1e-6)
+    with pytest.raises(ConfigError, match="mode='tanh'"):
+        DepthActivation(mode="tanh")
     with pytest.raises(ConfigError, match="depth_init=0.0"):
         DepthActivation(depth_init=0.0)
 
@@ -387,7 +389,7 @@ def test_config_round_trip_rebuilds_the_same_network(tiny_network, rgb_images):
         "name": "kdepth", "trainable": True, "input_size": [32, 32], "scales": 2, "skips": False,
         "backbone": "vgg16", "output": "softplus", "coarse_hidden": 16, "dropout": 0.25,
         "conv_init": "he_normal", "depth_init": 3.0, "dtype": "float32",
-        "coarse": "dense", "separable": False, "backbone_alpha": 1.0, "width": 64, "kernel_size": 0,
+        "coarse": "dense", "separable": False, "backbone_alpha": 1.0, "width": 64, "kernel_size": 0, "skip_norm": "none",
     }
     rebuilt = DepthNetwork.from_config(config)
     assert rebuilt.get_config() == config
@@ -395,6 +397,35 @@ def test_config_round_trip_rebuilds_the_same_network(tiny_network, rgb_images):
     rebuilt.set_weights(network.get_weights())
     x = rgb_images(2)
     np.testing.assert_array_equal(rebuilt(x)["scale2"], network(x)["scale2"])
+
+
+def test_relu_heads_have_the_dead_zone_the_log_heads_lack(tiny_network, rgb_images):
+    x = rgb_images(2)
+    for output, dead in (("relu", True), ("log", False)):
+        network = tiny_network(scales=2, output=output)
+        head = network.get_layer("scale2_head")
+        kernel, bias = head.get_weights()
+        head.set_weights([kernel, bias - 3.0])  # relu: 2 m - 3 < 0 everywhere; log: 2 m * exp(-3)
+        with tf.GradientTape() as tape:
+            depth = network(x)["scale2"]
+            loss = tf.reduce_mean(tf.square(tf.math.log(depth) - math.log(3.0)))
+        grad = tape.gradient(loss, head.bias)
+        assert bool(np.all(np.asarray(depth) <= 1e-3)) is dead, output
+        assert (float(tf.reduce_max(tf.abs(grad))) == 0.0) is dead, output
+
+
+def test_skip_norm_layer_normalises_each_skip_input_and_round_trips(tiny_network, rgb_images):
+    network = tiny_network(scales=2, skip_norm="layer")
+    assert isinstance(network.get_layer("skip1_1_norm"), keras.layers.LayerNormalization)
+    assert sorted(layer.name for layer in network.layer_groups()["skip"]) == [
+        "skip1_1_conv", "skip1_1_norm", "skip1_1_resize", "skip1_2_conv", "skip1_2_norm", "skip1_2_resize"]
+    assert network.get_config()["skip_norm"] == "layer"
+    rebuilt = DepthNetwork.from_config(network.get_config())
+    rebuilt.set_weights(network.get_weights())
+    x = rgb_images(2)
+    np.testing.assert_array_equal(rebuilt(x)["scale2"], network(x)["scale2"])
+    with pytest.raises(ConfigError, match="model.skip_norm='batch'"):
+        tiny_network(skip_norm="batch")
 
 
 def test_the_network_answers_its_size_scales_and_serving_model(tiny_network, rgb_images):

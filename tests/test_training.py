@@ -135,10 +135,19 @@ def test_fit_writes_a_complete_run_and_lowers_the_loss(tmp_path):
     losses = [float(row.split(",")[header.index("loss")]) for row in log[1:]]
     assert losses[-1] < losses[0]
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["val"]) == {"delta1", "delta2", "delta3", "abs_rel", "rmse"}
+    assert set(summary["val"]) == {"delta1", "delta2", "delta3", "abs_rel", "rmse", "edge_delta1"}
     assert 0 <= summary["baseline"]["delta1"] <= 1
     reloaded = keras.saving.load_model(result.model_path, compile=False)
     assert set(reloaded.output_names) == {"scale1", "scale2"}
+
+
+def test_fit_without_checkpoints_writes_only_the_model_and_the_logs(tmp_path):
+    config = tiny_config(tmp_path, "train.epochs=2", "train.steps_per_epoch=2", "train.checkpoints=false")
+    out = fit(config).stage_dir
+    assert sorted(p.name for p in out.iterdir() if p.name != "tensorboard") == [
+        "config.toml", "log.csv", "model.keras", "summary.json"]
+    header = (out / "log.csv").read_text().splitlines()[0].split(",")
+    assert {"edge_delta1", "val_edge_delta1", "pred_zero_frac"} <= set(header)
 
 
 def test_stage2_starts_from_stage1_and_needs_it(tmp_path):
@@ -169,6 +178,24 @@ def test_collapse_guard_names_the_collapse():
     guard.on_epoch_end(0, logs)
     assert guard.collapsed_epochs == [1] and logs["pred_log_std"] < 1e-3
     assert "collapsed to a constant (2 m everywhere" in messages[0] and "learning rates" in messages[0]
+
+
+def test_collapse_guard_logs_the_fraction_of_zero_predictions():
+    network = DepthNetwork(input_size=(32, 32), scales=2, coarse_hidden=16, output="relu")
+    head = network.get_layer("scale2_head")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel, bias - 5.0])  # relu(2 m - 5) = 0: every pixel in the dead zone
+    logs, messages = {}, []
+    cb.CollapseGuard(network, tf.zeros((2, 32, 32, 3)), "scale2", echo=messages.append).on_epoch_end(0, logs)
+    assert logs["pred_zero_frac"] == 1.0
+    assert "all-zero collapse" in messages[0]
+    head.set_weights([kernel, bias + 1e5])  # far above the 10 km guard
+    cb.CollapseGuard(network, tf.zeros((2, 32, 32, 3)), "scale2", echo=messages.append).on_epoch_end(0, {})
+    assert "upper guard, where no gradient flows back" in messages[1] and "all-zero" not in messages[1]
+    logs = {}
+    head.set_weights([kernel, bias])
+    cb.CollapseGuard(network, tf.zeros((2, 32, 32, 3)), "scale2", echo=lambda m: None).on_epoch_end(0, logs)
+    assert logs["pred_zero_frac"] == 0.0
 
 
 def test_non_finite_guard_names_the_term():

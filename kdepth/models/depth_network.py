@@ -70,6 +70,7 @@ HEAD_GROUP_PREFIXES = {
     "scale3": ("scale3",),
 }
 GROUPS = ("backbone", *HEAD_GROUP_PREFIXES)
+SKIP_NORMS = choices("model", "skip_norm")
 
 
 def check_input_size(input_size):
@@ -180,7 +181,9 @@ def check_backbone_input(input_size, backbone):
 
 
 def _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone, coarse="dense",
-                separable=False, backbone_alpha=1.0, width=64, kernel_size=0):
+                separable=False, backbone_alpha=1.0, width=64, kernel_size=0, skip_norm="none"):
+    if skip_norm not in SKIP_NORMS:
+        raise ConfigError(f"model.skip_norm={skip_norm!r} is not valid; allowed: {list(SKIP_NORMS)}.")
     if scales not in (1, 2, 3) or isinstance(scales, bool):
         raise ConfigError(f"model.scales={scales!r} is not valid; allowed: 1 (VGG + dense), 2 or 3.")
     if output not in DEPTH_MODES:
@@ -222,10 +225,11 @@ def dtype_policy(name):
 class _Builder:
     """Builds the layers of one network; a namespace for the layer factories of `_graph`."""
 
-    def __init__(self, conv_init, output, depth_init, separable=False, width=64, kernel_size=0):
+    def __init__(self, conv_init, output, depth_init, separable=False, width=64, kernel_size=0, skip_norm="none"):
         self.conv_init, self.output, self.depth_init = conv_init, output, float(depth_init)
         self.separable, self.kernel_size = separable, kernel_size
         self.width, self.wide = width, width * 3 // 2  # the paper's 64 and 96 channels
+        self.skip_norm = skip_norm
 
     def conv(self, filters, kernel, name, strides=1):
         kernel = self.kernel_size or kernel
@@ -246,6 +250,10 @@ class _Builder:
         return DepthActivation(mode=self.output, depth_init=self.depth_init, dtype="float32", name=name)(z)
 
     def skip(self, features, name, size):
+        if self.skip_norm == "layer":
+            # Post-ReLU inputs are all >= 0, so Adam drifts every kernel weight of a channel the
+            # same way and the ReLU dies (docs/experiments.md); centred inputs do not drift.
+            features = keras.layers.LayerNormalization(name=f"{name}_norm")(features)
         s = self.conv(self.width, 5, f"{name}_conv")(features)
         return keras.layers.Resizing(*size, interpolation="bilinear", name=f"{name}_resize")(s)
 
@@ -297,11 +305,11 @@ def _scale3(b, img, z2, size):
 
 
 def _graph(input_size, scales, skips, backbone, output, coarse_hidden, dropout, conv_init, depth_init,
-           coarse="dense", separable=False, backbone_alpha=1.0, width=64, kernel_size=0):
+           coarse="dense", separable=False, backbone_alpha=1.0, width=64, kernel_size=0, skip_norm="none"):
     """The functional graph: returns (image input, {scale: depth}, names of the backbone's layers)."""
     spec = get_backbone(backbone)
     sizes = scale_sizes(input_size)
-    b = _Builder(conv_init, output, depth_init, separable, width, kernel_size)
+    b = _Builder(conv_init, output, depth_init, separable, width, kernel_size, skip_norm)
     image = keras.Input(shape=(*input_size, 3), dtype="float32", name="image")
     preprocess = spec.preprocess()
     pre = preprocess(image)
@@ -379,7 +387,8 @@ class DepthNetwork(keras.Model):
         skips: build skip layers 1.1 and 1.2 into scale 2.
         backbone: name of the backbone, one of `kdepth.models.backbones.BACKBONES` ("vgg16",
             "mobilenet_v2"; the latter needs sides that are multiples of 32).
-        output: depth activation, "log" (exp) or "softplus".
+        output: depth activation, "log" (exp), "softplus" or "relu" (the poster's legacy head,
+            which can collapse to zero; for experiments).
         coarse_hidden: width of the first dense layer of scale 1 (layer 1.6).
         dropout: dropout rate before and after that dense layer.
         conv_init: kernel initializer of the non-backbone convolutions.
@@ -392,6 +401,8 @@ class DepthNetwork(keras.Model):
         kernel_size: kernel of those convolutions and of the scale-2/3 heads; 0 = the paper's
             (9 for the image branches' first, 5 for the rest). 3 suits LiteRT's int8 depthwise
             kernels on a device (its 5x5 and 9x9 ones are several times slower per tap).
+        skip_norm: "none", or "layer": a LayerNormalization (`skip1_1_norm`, `skip1_2_norm`) on
+            each skip branch's input.
         dtype: Keras dtype policy of the layers ("float32", "mixed_bfloat16", ...); None = the
             global policy. Heads and depth activations are float32 whatever it is.
         **kwargs: passed to `keras.Model` (name, trainable).
@@ -408,9 +419,10 @@ class DepthNetwork(keras.Model):
 
     def __init__(self, input_size=(64, 80), scales=3, skips=True, backbone="vgg16", output="log",
                  coarse_hidden=4200, dropout=0.5, conv_init="he_normal", depth_init=2.0, dtype=None,
-                 coarse="dense", separable=False, backbone_alpha=1.0, width=64, kernel_size=0, **kwargs):
+                 coarse="dense", separable=False, backbone_alpha=1.0, width=64, kernel_size=0, skip_norm="none", **kwargs):
         input_size = check_input_size(input_size)
-        options = dict(coarse=coarse, separable=separable, backbone_alpha=backbone_alpha, width=width, kernel_size=kernel_size)
+        options = dict(coarse=coarse, separable=separable, backbone_alpha=backbone_alpha, width=width, kernel_size=kernel_size,
+                       skip_norm=skip_norm)
         _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone, **options)
         check_backbone_input(input_size, backbone)
         check_network_size(input_size, coarse_hidden, backbone, coarse)  # before allocating anything
@@ -430,6 +442,7 @@ class DepthNetwork(keras.Model):
         self.dropout = float(dropout)
         self.conv_init = conv_init
         self.depth_init = float(depth_init)
+        self.skip_norm = skip_norm
         self.policy_name = policy
         self.coarse = coarse
         self.separable = separable
@@ -471,6 +484,7 @@ class DepthNetwork(keras.Model):
             "dropout": self.dropout,
             "conv_init": self.conv_init,
             "depth_init": self.depth_init,
+            "skip_norm": self.skip_norm,
             "dtype": self.policy_name,
             "coarse": self.coarse,
             "separable": self.separable,

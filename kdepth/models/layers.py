@@ -59,19 +59,22 @@ def _softplus_inverse(y):
 
 @keras.saving.register_keras_serializable(package="kdepth")
 class DepthActivation(keras.layers.Layer):
-    """Turns a linear head output z into depth in metres, always > 0, with no dead zone.
+    """Turns a linear head output z into depth in metres, always > 0 (no dead zone but in "relu").
 
     - ``mode="log"``: depth = exp(z + log(depth_init)); z is log depth up to a constant.
     - ``mode="softplus"``: depth = softplus(z + softplus^-1(depth_init)).
+    - ``mode="relu"``: depth = max(z + depth_init, min_depth), the seed poster's ReLU head kept
+      for the collapse experiment: it has a dead zone (below min_depth no gradient flows), : once
+      every pixel of a head is there (a "zero" prediction), no gradient reaches the network.
 
-    Either way z = 0 gives exactly `depth_init`, so a head whose kernel starts at zero predicts
+    Every mode gives exactly `depth_init` for z = 0, so a head whose kernel starts at zero predicts
     `depth_init` metres everywhere before training. The result is clamped to
     [min_depth, max_depth] only as a numerical guard (exp overflow, softplus underflow to 0);
     the default bounds (0.1 mm, 10 km) lie far outside any depth the network is trained on, so
     inside the working range the gradient is never cut. Build it with `dtype="float32"`.
 
     Args:
-        mode: "log" or "softplus".
+        mode: "log", "softplus" or "relu".
         depth_init: depth in metres predicted for z = 0; > 0.
         min_depth: lower guard in metres; > 0.
         max_depth: upper guard in metres; > min_depth and > depth_init.
@@ -93,13 +96,16 @@ class DepthActivation(keras.layers.Layer):
         self.min_depth = min_depth
         self.max_depth = max_depth
         # The shift that makes z = 0 map to depth_init.
-        self.offset = math.log(depth_init) if mode == "log" else _softplus_inverse(depth_init)
+        offsets = {"log": math.log, "relu": float, "softplus": _softplus_inverse}
+        self.offset = offsets[mode](depth_init)
 
     def call(self, inputs):
         x = inputs + self.offset
         if self.mode == "log":
             # Clamp in log space so exp can neither overflow to inf nor underflow to 0.
             return ops.exp(ops.clip(x, math.log(self.min_depth), math.log(self.max_depth)))
+        if self.mode == "relu":
+            return ops.clip(x, self.min_depth, self.max_depth)  # relu, then the guard: 0 becomes min_depth
         # softplus(x) = max(x, 0) + log(1 + exp(-|x|)), written with TFLite builtin ops only.
         y = ops.maximum(x, 0.0) + ops.log(1.0 + ops.exp(-ops.abs(x)))
         return ops.clip(y, self.min_depth, self.max_depth)

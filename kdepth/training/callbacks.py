@@ -230,9 +230,12 @@ class CollapseGuard(keras.callbacks.Callback):
     """Warns when predictions become constant: the poster's collapse to all-zero depth.
 
     After each epoch it predicts a fixed batch of validation images and logs the standard
-    deviation of predicted log depth as `pred_log_std`; below `threshold` it says so, with the
-    likely cause.
+    deviation of predicted log depth as `pred_log_std` and the fraction of pixels predicted at
+    most `ZERO_DEPTH` metres as `pred_zero_frac` (a "relu" head's dead zone); below `threshold`
+    it says so, with the likely cause.
     """
+
+    ZERO_DEPTH = 1e-3  # 1 mm: no depth a camera measures; a collapsed relu head sits at 1e-4
 
     def __init__(self, network, images, output, threshold=1e-3, echo=print):
         super().__init__()
@@ -245,18 +248,29 @@ class CollapseGuard(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         pred = self.network(self.images, training=False)[self.output]
-        std = float(tf.math.reduce_std(tf.math.log(tf.cast(pred, tf.float32))))
+        pred = tf.cast(pred, tf.float32)
+        std = float(tf.math.reduce_std(tf.math.log(pred)))
         if logs is not None:
             logs["pred_log_std"] = std
+            logs["pred_zero_frac"] = float(tf.reduce_mean(tf.cast(pred <= self.ZERO_DEPTH, tf.float32)))
         if std < self.threshold:
             self.collapsed_epochs.append(epoch + 1)
             mean = float(tf.reduce_mean(pred))
             self.echo(
                 f"\nwarning: predictions collapsed to a constant ({mean:.3g} m everywhere, log-depth std "
-                f"{std:.2g} < {self.threshold}) after epoch {epoch + 1}. This is the seed project's "
-                "all-zero collapse; likely cause: learning rates too high for the dense layers "
-                "(train.lr_coarse) or too few valid pixels. Lower the rates or check the data."
+                f"{std:.2g} < {self.threshold}) after epoch {epoch + 1}. {self._kind(mean)}likely cause: "
+                "learning rates too high for the dense layers (train.lr_coarse) or too few valid pixels. "
+                "Lower the rates or check the data."
             )
+
+    @staticmethod
+    def _kind(mean):
+        if mean <= CollapseGuard.ZERO_DEPTH:
+            return "This is the seed project's all-zero collapse; "
+        if mean >= 1e3:
+            # The heads' guard (DepthActivation.max_depth) passes no gradient: a run stuck there stays.
+            return "The predictions are at the heads' upper guard, where no gradient flows back; "
+        return ""
 
 
 class DepthImages(keras.callbacks.Callback):

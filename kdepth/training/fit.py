@@ -20,7 +20,7 @@ import tensorflow as tf
 from kdepth.data.pipeline import dataset_from_config
 from kdepth.data.sources import open_source, resolve_splits
 from kdepth.errors import DataError, KdepthError
-from kdepth.metrics import training_metrics
+from kdepth.metrics import EdgeDelta, training_metrics
 from kdepth.models import check_network_size, dtype_policy
 from kdepth.paths import MODEL_FILE
 from kdepth.training import callbacks as cb
@@ -83,8 +83,8 @@ def resolve_init(config, stage):
 
 
 def _metrics_on(network, dataset, steps, final_scale, constant=None):
-    """delta1-3, AbsRel, RMSE over `steps` batches (all valid pixels pooled)."""
-    metrics = training_metrics()
+    """delta1-3, AbsRel, RMSE, edge_delta1 over `steps` batches (all valid pixels pooled)."""
+    metrics = [*training_metrics(), EdgeDelta()]
     for images, target in dataset.take(steps):
         gt = tf.reshape(target["depth"] * target["mask"], [-1, *target["depth"].shape[2:]])
         if constant is None:
@@ -249,7 +249,8 @@ def _build(run):
     run.echo(run.parts.load_message)
     if run.dist.name != "default":
         run.echo(run.dist.describe())
-    _check_space(run.out, run.config, run.parts.trainer, run.parts.network, keeps_checkpoints=not run.overfit)
+    keeps = not run.overfit and run.config.train.checkpoints
+    _check_space(run.out, run.config, run.parts.trainer, run.parts.network, keeps_checkpoints=keeps)
 
 
 def _datasets(run):
@@ -304,7 +305,7 @@ def _callbacks(run):
         # A pipeline check, not a run to resume: no per-epoch checkpoints or backups.
         run.epochs, run.steps = OVERFIT_MAX_EPOCHS, OVERFIT_STEPS
         callbacks.append(cb.StopWhenFitted("val_delta1", OVERFIT_TARGET))
-    else:
+    elif t.checkpoints:  # false for throwaway runs: no weights files (5x model.keras each) every epoch
         guards["backup"] = cb.Backup(
             out / "backup", run.steps, save_every=t.backup_every, batch_size=t.batch_size,
             interrupt=cb.InterruptRequest(run.echo), echo=run.echo,

@@ -46,7 +46,7 @@ def network_from_config(config, scales):
         input_size=tuple(m.input_size), scales=scales, skips=m.skips, backbone=m.backbone, output=m.output,
         coarse_hidden=m.coarse_hidden, dropout=m.dropout, conv_init=m.conv_init, depth_init=m.depth_init,
         coarse=m.coarse, separable=m.separable, backbone_alpha=m.backbone_alpha, width=m.width,
-        kernel_size=m.kernel_size,
+        kernel_size=m.kernel_size, skip_norm=m.skip_norm,
     )
 
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 from kdepth import flips
 from kdepth.config import choices
 from kdepth.losses import GradientMatchingLoss, MaskedMSE, ScaleInvariantLoss, SetLoss
-from kdepth.metrics import training_metrics
+from kdepth.metrics import EdgeDelta, training_metrics
 from kdepth.models import SCALE_NAMES
 from kdepth.ops import masked_resize
 from kdepth.training.distribute import all_reduce_and_clip, logs_for_keras
@@ -38,7 +38,7 @@ class DepthTrainer(keras.Model):
 
     Every term is a `keras.losses.Loss` whose reduction divides by the replica count under
     `tf.distribute`, so gradients are right on any number of devices; each term is logged on
-    its own. Metrics (delta1-3, AbsRel, RMSE) compare the final scale, resized to the target
+    its own. Metrics (delta1-3, AbsRel, RMSE, edge_delta1) compare the final scale, resized to the target
     size, with the ground truth on valid pixels.
 
     Args:
@@ -99,7 +99,7 @@ class DepthTrainer(keras.Model):
         if self.grad_weight > 0:
             names.append("grad")
         self.term_trackers = {n: keras.metrics.Mean(name=n) for n in names}
-        self.depth_metrics = training_metrics()
+        self.depth_metrics = [*training_metrics(), EdgeDelta()]
         # Batches whose update was skipped as non-finite, per epoch (logged as skipped_batches).
         self.skipped_tracker = keras.metrics.Sum(name="skipped_batches")
 
