@@ -219,7 +219,7 @@ def _source(size=(24, 32), test=3):
     return SyntheticSource({"train": 1, "test": test}, size, seed=1)
 
 
-def test_evaluate_matches_evaluate_arrays_on_predict_image():
+def test_evaluate_matches_evaluate_arrays_on_predict():
     model, source = RampModel(), _source()
     calls = []
     result = evaluate(model, source, "test", protocol="eigen", progress=lambda done, total: calls.append((done, total)))

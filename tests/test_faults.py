@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
+from conftest import TINY_SETS
 
 from kdepth.cli import main
 from kdepth.config import load_config
@@ -40,17 +41,7 @@ from kdepth.training.trainer import DepthTrainer
 # (max |difference| 0.0); the tolerance leaves room for a BLAS that sums in another order.
 RESUME_ATOL = 1e-6
 
-TINY = [
-    "model.input_size=[32, 32]",
-    "model.coarse_hidden=32",
-    "data.synthetic_train=8",
-    "data.synthetic_val=2",
-    "data.synthetic_test=2",
-    "data.shuffle_buffer=8",
-    "train.batch_size=2",
-    "train.verbose=0",
-    "train.tensorboard_images=0",
-]
+TINY = [*TINY_SETS, "model.coarse_hidden=32"]
 
 
 def tiny_config(tmp_path, name, *extra):

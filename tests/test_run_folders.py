@@ -8,24 +8,13 @@ import textwrap
 import time
 
 import pytest
+from conftest import TINY_SETS
 
 from kdepth.locks import LOCK_NAME
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "model.input_size=[32, 32]",
-    "model.coarse_hidden=16",
-    "model.backbone_weights=none",
-    "data.synthetic_train=8",
-    "data.synthetic_val=2",
-    "data.synthetic_test=2",
-    "data.shuffle_buffer=8",
-    "train.batch_size=2",
-    "train.verbose=0",
-    "train.tensorboard_images=0",
-    "train.epochs=1",
-]
+TINY = [*TINY_SETS, "train.epochs=1"]
 
 
 def _env():
@@ -124,10 +113,11 @@ SLOW_EXPORT = textwrap.dedent(
 
 def test_an_export_into_an_out_another_export_writes_is_refused(tmp_path):
     import keras
-    from kdepth.models.network import build_network
+
+    from kdepth.models import DepthNetwork
 
     keras.utils.set_random_seed(0)
-    build_network(input_size=(32, 32), scales=2, coarse_hidden=16, backbone_weights="none").save(tmp_path / "tiny.keras")
+    DepthNetwork(input_size=(32, 32), scales=2, coarse_hidden=16).save(tmp_path / "tiny.keras")
     out = tmp_path / "savedmodels" / "tiny"
     args = ["export", "--model", str(tmp_path / "tiny.keras"), "--out", str(out), "--parity-images", "1", "--quantize", "none"]
     first = _start([sys.executable, "-c", SLOW_EXPORT, "20", *args])
