@@ -355,11 +355,10 @@ def evaluate(model_path, data_spec, split, protocol, flip_tta, align, input_rang
     from kdepth.data.sources import open_source, resolve_split
     from kdepth.evaluation import evaluate as run_evaluate
     from kdepth.inference import load_depth_model
-    from kdepth.paths import resolve_model_path, run_config_path
+    from kdepth.paths import run_config_of
 
     if config_path is None:
-        kind, resolved = resolve_model_path(model_path)
-        run_config = run_config_path(resolved) if kind == "keras" else None
+        run_config = run_config_of(model_path)
         if run_config is not None:
             config_path = str(run_config)
             click.echo(f"config: {run_config} (the run's own; --config overrides it)")

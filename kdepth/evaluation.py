@@ -325,7 +325,7 @@ def _model_and_source(model, source, config):
 
     if isinstance(model, (str, Path)):
         model = load_depth_model(model)
-    run_config = _run_config_of(model.path) if model.kind == "keras" else None
+    run_config = _run_config(model.path) if model.kind == "keras" else None
     if isinstance(source, (str, Path)):
         from kdepth.config import defaults
         from kdepth.data.sources import open_source, parse_data_spec
@@ -337,13 +337,12 @@ def _model_and_source(model, source, config):
     return model, source
 
 
-def _run_config_of(model_path):
+def _run_config(model_path):
     """The config.toml of the kdepth run a model path points into, or None."""
     from kdepth.config import load_config
-    from kdepth.paths import resolve_model_path, run_config_path
+    from kdepth.paths import run_config_of
 
-    kind, resolved = resolve_model_path(model_path)
-    path = run_config_path(resolved) if kind == "keras" else None
+    path = run_config_of(model_path)
     return load_config([path]) if path is not None else None
 
 

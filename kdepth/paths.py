@@ -62,3 +62,9 @@ def run_config_path(model_file):
     """The run's config.toml beside a network file, or None for a bare .keras file."""
     path = Path(model_file).parent / CONFIG_FILE
     return path if path.is_file() else None
+
+
+def run_config_of(model_path):
+    """The config.toml of the kdepth run any model path points into, or None (no run, or not Keras)."""
+    kind, resolved = resolve_model_path(model_path)
+    return run_config_path(resolved) if kind == "keras" else None
