@@ -175,6 +175,29 @@ def test_depth_activation_matches_numpy():
         DepthActivation(depth_init=0.0)
 
 
+def test_depth_guard_passes_the_gradient_beyond_its_bounds():
+    # A head pushed past the 10 km (or 0.1 mm) guard by one large step must be pulled back by the
+    # loss; a plain clip gave it no gradient, and it stayed at the bound (the collapse experiment).
+    z = tf.constant([-1000.0, -30.0, 0.0, 30.0, 1e5])
+    for mode in ("log", "softplus"):
+        head = DepthActivation(mode=mode, depth_init=2.0)
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            depth = head(z)
+            loss = tf.reduce_sum(tf.math.log(depth))
+        grad = tape.gradient(loss, z).numpy()
+        np.testing.assert_allclose(depth.numpy()[[0, -1]], [1e-4, 1e4], rtol=1e-5)  # the value is clamped
+        if mode == "log":
+            np.testing.assert_allclose(grad, 1.0, rtol=1e-6)  # d log(depth) / dz is 1 everywhere
+        else:
+            assert grad[-1] > 0.0 and grad[-2] > 0.0, grad  # above the upper bound too
+    relu = DepthActivation(mode="relu", depth_init=2.0)
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        out = relu(z)
+    assert tape.gradient(out, z).numpy()[0] == 0.0  # the poster's head keeps its dead zone
+
+
 def test_preprocessing_is_caffe_mode(model_64x80):
     x = rgb(2, 64, 80, seed=3)
     probe = keras.Model(model_64x80.input, model_64x80.get_layer("preprocess").output)

@@ -57,6 +57,17 @@ def _softplus_inverse(y):
     return y + math.log(-math.expm1(-y))
 
 
+def _guard(x, low, high):
+    """x clipped to [low, high] in value, with the identity's gradient (straight-through).
+
+    A plain clip passes no gradient outside the bounds, so a head pushed past them by one large
+    step would stay there for good (docs/experiments.md, the collapse experiment); with the
+    identity's gradient the loss pulls it back. The value is exactly the clipped one: for finite
+    x, x - stop_gradient(x) is exactly 0.
+    """
+    return ops.stop_gradient(ops.clip(x, low, high)) + (x - ops.stop_gradient(x))
+
+
 @keras.saving.register_keras_serializable(package="kdepth")
 class DepthActivation(keras.layers.Layer):
     """Turns a linear head output z into depth in metres, always > 0 (no dead zone but in "relu").
@@ -68,10 +79,10 @@ class DepthActivation(keras.layers.Layer):
       every pixel of a head is there (a "zero" prediction), no gradient reaches the network.
 
     Every mode gives exactly `depth_init` for z = 0, so a head whose kernel starts at zero predicts
-    `depth_init` metres everywhere before training. The result is clamped to
-    [min_depth, max_depth] only as a numerical guard (exp overflow, softplus underflow to 0);
-    the default bounds (0.1 mm, 10 km) lie far outside any depth the network is trained on, so
-    inside the working range the gradient is never cut. Build it with `dtype="float32"`.
+    `depth_init` metres everywhere before training. In "log" and "softplus" the result is clamped
+    to [min_depth, max_depth] only as a numerical guard (exp overflow, softplus underflow to 0),
+    and the clamp passes the gradient through unchanged, so a head pushed beyond a bound by a
+    large step is pulled back by the loss instead of staying there. Build it with `dtype="float32"`.
 
     Args:
         mode: "log", "softplus" or "relu".
@@ -103,12 +114,12 @@ class DepthActivation(keras.layers.Layer):
         x = inputs + self.offset
         if self.mode == "log":
             # Clamp in log space so exp can neither overflow to inf nor underflow to 0.
-            return ops.exp(ops.clip(x, math.log(self.min_depth), math.log(self.max_depth)))
+            return ops.exp(_guard(x, math.log(self.min_depth), math.log(self.max_depth)))
         if self.mode == "relu":
             return ops.clip(x, self.min_depth, self.max_depth)  # relu, then the guard: 0 becomes min_depth
         # softplus(x) = max(x, 0) + log(1 + exp(-|x|)), written with TFLite builtin ops only.
         y = ops.maximum(x, 0.0) + ops.log(1.0 + ops.exp(-ops.abs(x)))
-        return ops.clip(y, self.min_depth, self.max_depth)
+        return _guard(y, self.min_depth, self.max_depth)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
