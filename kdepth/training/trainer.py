@@ -185,13 +185,14 @@ class DepthTrainer(keras.Model):
         """True if the loss and the gradients are finite on every replica (one value for all of them)."""
         checks = [tf.reduce_all(tf.math.is_finite(total))]
         if self.overflow_tracker is None:
-            checks += self._grads_finite(grads)
-        else:
-            # A LossScaleOptimizer skips non-finite gradients itself and lowers its loss scale;
-            # hiding them from it would keep the scale too high for ever. Count them instead.
-            overflow = 1.0 - self._on_all_replicas(self._grads_finite(grads))
-            self.overflow_tracker.update_state(overflow / tf.cast(_replicas(), tf.float32))
-        return tf.equal(self._on_all_replicas(checks), 1.0)
+            return tf.equal(self._on_all_replicas(checks + self._grads_finite(grads)), 1.0)
+        # A LossScaleOptimizer skips non-finite gradients itself and lowers its loss scale;
+        # hiding them from it would keep the scale too high for ever. Count them instead (a
+        # non-finite loss is skipped here and counted in skipped_batches).
+        loss_finite = self._on_all_replicas(checks)
+        overflow = loss_finite * (1.0 - self._on_all_replicas(self._grads_finite(grads)))
+        self.overflow_tracker.update_state(overflow / tf.cast(_replicas(), tf.float32))
+        return tf.equal(loss_finite, 1.0)
 
     @staticmethod
     def _grads_finite(grads):
