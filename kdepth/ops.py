@@ -106,8 +106,8 @@ def masked_resize(depth, size, method="masked_area", min_valid=0.5):
         out = tf.image.resize(filled, size, method="nearest")
     else:
         mask = tf.cast(valid, tf.float32)
-        total = tf.image.resize(filled, size, method="area")
-        fraction = tf.image.resize(mask, size, method="area")
+        total = area_resize(filled, size)
+        fraction = area_resize(mask, size)
         keep = (fraction > 0.0) & (fraction >= float(min_valid) - _FRACTION_TOLERANCE)
         # Divide only where kept: elsewhere the fraction can be 0.
         out = tf.where(keep, total / tf.where(keep, fraction, tf.ones_like(fraction)), 0.0)
@@ -117,3 +117,56 @@ def masked_resize(depth, size, method="masked_area", min_valid=0.5):
     static_hw = list(size) if isinstance(size, tuple) else [None, None]
     out.set_shape(depth.shape[:-3].concatenate(static_hw + [depth.shape[-1]]))
     return out
+
+
+def _overlap_matrix(n_in, n_out):
+    """(n_out, n_in) float32 weights: the share of output cell i's footprint that input cell j covers.
+
+    Output cell i covers [i * s, (i + 1) * s) of the input axis with s = n_in / n_out (the
+    half-open footprint of TensorFlow's ResizeArea); each row sums to 1. Built in float64 so
+    that the footprint edges carry no float32 rounding.
+    """
+    n_in = tf.cast(n_in, tf.float64)
+    n_out_f = tf.cast(n_out, tf.float64)
+    scale = n_in / n_out_f
+    starts = tf.range(n_out_f, dtype=tf.float64)[:, None] * scale
+    cells = tf.range(n_in, dtype=tf.float64)[None, :]
+    overlap = tf.minimum(starts + scale, cells + 1.0) - tf.maximum(starts, cells)
+    return tf.cast(tf.maximum(overlap, 0.0) / scale, tf.float32)
+
+
+def _block_factor(n_in, n_out):
+    """The integer factor n_in / n_out when both are static and divide, else None."""
+    if isinstance(n_in, int) and isinstance(n_out, int) and n_in % n_out == 0:
+        return n_in // n_out
+    return None
+
+
+def area_resize(images, size):
+    """Area (box) resize of (B, h, w, C) float32 images, as tf.image.resize(method="area").
+
+    Built from ops that XLA compiles (ResizeArea has no XLA kernel): a reshape-and-mean when both
+    factors are static integers, else a product with the two (out, in) overlap matrices.
+
+    Args:
+        images: (B, h, w, C) float32.
+        size: output (height, width): two positive ints or an int32 tensor of shape (2,).
+
+    Returns:
+        (B, height, width, C) float32: each output pixel is the overlap-weighted mean of the
+        input pixels under its footprint.
+    """
+    static = images.shape[1:3]
+    dynamic = tf.shape(images)
+    h_in = static[0] if static[0] is not None else dynamic[1]
+    w_in = static[1] if static[1] is not None else dynamic[2]
+    h_out, w_out = size[0], size[1]
+    fh, fw = _block_factor(h_in, h_out), _block_factor(w_in, w_out)
+    if fh is not None and fw is not None:
+        channels = images.shape[3] if images.shape[3] is not None else dynamic[3]
+        blocks = tf.reshape(images, [-1, h_out, fh, w_out, fw, channels])
+        return tf.reduce_mean(blocks, axis=[2, 4])
+    rows = _overlap_matrix(h_in, h_out)
+    cols = _overlap_matrix(w_in, w_out)
+    out = tf.einsum("oh,bhwc->bowc", rows, images)
+    return tf.einsum("pw,bowc->bopc", cols, out)

@@ -226,7 +226,7 @@ def _fit(run):
     _datasets(run)
     callbacks, guards = _callbacks(run)
     history = _train(run, callbacks, guards["backup"])
-    _report_skips(run, guards["nan"])
+    _report_skips(run, guards["nan"], history)
     return _finish(run, history, guards["collapse"])
 
 
@@ -345,13 +345,19 @@ def _train(run, callbacks, backup):
         )
 
 
-def _report_skips(run, nan_guard):
+def _report_skips(run, nan_guard, history):
     if getattr(run.source, "skipped", None):
         run.echo(f"skipped {len(run.source.skipped)} bad samples (data.skip_bad_files=true); each is logged above.")
     if nan_guard.skipped_total:
         run.echo(
             f"skipped the update of {nan_guard.skipped_total} batches with a non-finite loss (--on-nan skip-batch); "
             "see skipped_batches in log.csv."
+        )
+    overflows = round(sum(history.history.get("loss_scale_skips", [])))
+    if overflows:
+        run.echo(
+            f"mixed_float16: {overflows} steps overflowed in float16 and were skipped while the loss scale "
+            "adapted; see loss_scale_skips in log.csv."
         )
 
 

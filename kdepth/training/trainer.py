@@ -102,6 +102,7 @@ class DepthTrainer(keras.Model):
         self.depth_metrics = [*training_metrics(), EdgeDelta()]
         # Batches whose update was skipped as non-finite, per epoch (logged as skipped_batches).
         self.skipped_tracker = keras.metrics.Sum(name="skipped_batches")
+        self.overflow_tracker = None  # set by compile() under a LossScaleOptimizer
 
     def call(self, images, training=False):
         """Runs the network on (B, H, W, 3) or (B, G, H, W, 3) images; returns its output dict."""
@@ -142,7 +143,8 @@ class DepthTrainer(keras.Model):
         return terms, total
 
     def _results(self, training=True):
-        results = {m.name: m.result() for m in self.metrics if training or m is not self.skipped_tracker}
+        training_only = (self.skipped_tracker, self.overflow_tracker)
+        results = {m.name: m.result() for m in self.metrics if training or m not in training_only}
         return logs_for_keras(results)  # shape (1,) on several workers, see distribute.logs_for_keras
 
     def _update_states(self, target, preds, terms, total):
@@ -172,19 +174,39 @@ class DepthTrainer(keras.Model):
         grads = all_reduce_and_clip(grads, self.optimizer)  # clip the global, not per-replica, gradient
         return self._apply_if_finite(grads, variables, target, preds, terms, total)
 
+    def compile(self, *args, **kwargs):
+        """Keras's compile; under a LossScaleOptimizer it also counts the overflow steps it skips."""
+        super().compile(*args, **kwargs)
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) and self.overflow_tracker is None:
+            # Steps whose scaled gradients overflowed: the optimizer skips them and halves its scale.
+            self.overflow_tracker = keras.metrics.Sum(name="loss_scale_skips")
+
     def _all_replicas_finite(self, total, grads):
         """True if the loss and the gradients are finite on every replica (one value for all of them)."""
         checks = [tf.reduce_all(tf.math.is_finite(total))]
-        if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            # A LossScaleOptimizer skips non-finite gradients itself and lowers its loss scale;
-            # hiding them from it would keep the scale too high for ever.
-            checks += [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
+        if self.overflow_tracker is None:
+            return tf.equal(self._on_all_replicas(checks + self._grads_finite(grads)), 1.0)
+        # A LossScaleOptimizer skips non-finite gradients itself and lowers its loss scale;
+        # hiding them from it would keep the scale too high for ever. Count them instead (a
+        # non-finite loss is skipped here and counted in skipped_batches).
+        loss_finite = self._on_all_replicas(checks)
+        overflow = loss_finite * (1.0 - self._on_all_replicas(self._grads_finite(grads)))
+        self.overflow_tracker.update_state(overflow / tf.cast(_replicas(), tf.float32))
+        return tf.equal(loss_finite, 1.0)
+
+    @staticmethod
+    def _grads_finite(grads):
+        return [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
+
+    @staticmethod
+    def _on_all_replicas(checks):
+        """1.0 if every check holds on every replica, else 0.0 (the same value on all of them)."""
         bad = 1.0 - tf.cast(tf.reduce_all(tf.stack(checks)), tf.float32)
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
             # Every replica must take the same branch: the update all-reduces across them.
             bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad)
-        return tf.equal(bad, 0.0)
+        return tf.cast(tf.equal(bad, 0.0), tf.float32)
 
     def _apply_if_finite(self, grads, variables, target, preds, terms, total):
         """The optimizer update only if the loss and the gradients are finite.
