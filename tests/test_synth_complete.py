@@ -111,10 +111,12 @@ def test_killed_synth_is_refused_everywhere_and_the_same_command_finishes_it(tmp
 
 def test_ctrl_c_says_the_folder_is_incomplete_and_how_to_finish_it(tmp_path):
     out = tmp_path / "d"
-    args = ["data", "synth", "--out", str(out), "--count", "1500", "--eval-count", "1", "--size", "32x40"]
+    # A count far beyond what is written before the signal: with 1500 a loaded machine let synth
+    # finish between the test's last poll and the signal (exit code 0).
+    args = ["data", "synth", "--out", str(out), "--count", "50000", "--eval-count", "1", "--size", "32x40"]
     code, stderr = _start_and_kill(out, args, min_files=20, sig=signal.SIGINT)
     assert code == 130, stderr
-    assert f"interrupted: {out} is incomplete. Finish it with:\n  kdepth data synth --out {out} --count 1500 --eval-count 1 --size 32x40 --seed 0" in stderr
+    assert f"interrupted: {out} is incomplete. Finish it with:\n  kdepth data synth --out {out} --count 50000 --eval-count 1 --size 32x40 --seed 0" in stderr
     assert not [p for p in out.rglob(".*")]  # the file being written when interrupted is gone
     with pytest.raises(DataError, match="is an incomplete data set"):
         FolderSource(out)
