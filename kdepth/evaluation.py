@@ -366,14 +366,14 @@ def degenerate_warnings(stats, model, min_depth, max_depth):
     if not stats:
         return []
     constant, clipped = (float(np.mean(v)) for v in zip(*stats, strict=True))
-    used = getattr(model, "input_range", "0-255")
+    used = getattr(model, "input_range", "0-255")  # a duck-typed model may not say
     other = "0-1" if used == "0-255" else "0-255"
     if getattr(model, "input_dtype", "float32") in ("uint8", "int8"):
         cause = (f"the model's input is {model.input_dtype} and it was fed pixels in {used} "
                  f"({getattr(model, 'input_range_note', '')}); if that is not the range it expects, every input "
                  f"saturates: try --input-range {other}")
     else:
-        cause = (f"a wrong pixel range (it was fed {getattr(model, 'input_range', '0-255')}; try --input-range {other}), "
+        cause = (f"a wrong pixel range (it was fed {used}; try --input-range {other}), "
                  "wrong output units (--output-scale) or an untrained or collapsed model")
     out = []
     if constant >= DEGENERATE_SHARE:

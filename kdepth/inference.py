@@ -106,17 +106,17 @@ class DepthModel:
 
     kind = ""
 
-    def __init__(self, path, input_size, *, input_range="auto", output_scale=1.0):
+    def __init__(self, path, input_size, *, input_range="auto", output_scale=1.0, range_reason=None, input_dtype="float32"):
+        # range_reason: why a subclass resolved "auto" to `input_range` (None: the range was given).
+        if input_range == "auto":
+            input_range, range_reason = "0-255", "kdepth's convention for a float input"
         self.path = str(path)
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.input_range = "0-255" if input_range == "auto" else input_range
-        self.input_range_note = (
-            f"input range {self.input_range} ("
-            + ("kdepth's convention for a float input; --input-range overrides" if input_range == "auto" else "as given")
-            + ")"
-        )
+        self.input_range = input_range
+        how = "as given" if range_reason is None else f"{range_reason}; --input-range overrides"
+        self.input_range_note = f"input range {input_range} ({how})"
         self.output_scale = float(output_scale)
-        self.input_dtype = "float32"
+        self.input_dtype = input_dtype
         self.info = self.kind
 
     def __repr__(self):
@@ -362,13 +362,9 @@ class TfliteDepthModel(DepthModel):
             raise KdepthError(f"{path}: cannot prepare the TFLite model for input {shape} ({type(e).__name__}: {e}).") from None
         self._out = self._interpreter.get_output_details()[0]  # shapes are final after allocation
         self._in_q = _quant(self._in, path, "input")
-        range_note = None
         if kwargs.get("input_range", "auto") == "auto":
-            kwargs["input_range"], range_note = infer_input_range(self._in["dtype"], *self._in_q, path)
-        super().__init__(path, (h, w), **kwargs)
-        self.input_dtype = np.dtype(self._in["dtype"]).name
-        if range_note:
-            self.input_range_note = f"input range {self.input_range} ({range_note}; --input-range overrides)"
+            kwargs["input_range"], kwargs["range_reason"] = infer_input_range(self._in["dtype"], *self._in_q, path)
+        super().__init__(path, (h, w), input_dtype=np.dtype(self._in["dtype"]).name, **kwargs)
         self._out_q = _quant(self._out, path, "output")
         self.info = f"tflite, input {_describe_tensor(self._in)}, output {_describe_tensor(self._out)}"
 

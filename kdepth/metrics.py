@@ -212,7 +212,7 @@ class EdgeDelta(DeltaAccuracy):
 
 
 def training_metrics():
-    """Fresh instances of the metrics logged during training.
+    """Fresh instances of the global depth metrics (every valid pixel counts).
 
     Returns:
         [delta1, delta2, delta3, abs_rel, rmse]: DeltaAccuracy at 1.25, 1.25**2, 1.25**3, AbsRel
@@ -225,3 +225,9 @@ def training_metrics():
         AbsRel(name="abs_rel"),
         RMSE(name="rmse"),
     ]
+
+
+def logged_metrics():
+    """Fresh instances of every metric `kdepth fit` logs and reports: `training_metrics` and
+    `EdgeDelta` ("edge_delta1"), in that order."""
+    return [*training_metrics(), EdgeDelta()]

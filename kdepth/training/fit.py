@@ -20,7 +20,7 @@ import tensorflow as tf
 from kdepth.data.pipeline import dataset_from_config
 from kdepth.data.sources import open_source, resolve_splits
 from kdepth.errors import DataError, KdepthError
-from kdepth.metrics import EdgeDelta, training_metrics
+from kdepth.metrics import logged_metrics
 from kdepth.models import check_network_size, dtype_policy
 from kdepth.paths import MODEL_FILE
 from kdepth.training import callbacks as cb
@@ -84,7 +84,7 @@ def resolve_init(config, stage):
 
 def _metrics_on(network, dataset, steps, final_scale, constant=None):
     """delta1-3, AbsRel, RMSE, edge_delta1 over `steps` batches (all valid pixels pooled)."""
-    metrics = [*training_metrics(), EdgeDelta()]
+    metrics = logged_metrics()
     for images, target in dataset.take(steps):
         gt = tf.reshape(target["depth"] * target["mask"], [-1, *target["depth"].shape[2:]])
         if constant is None:

@@ -11,7 +11,7 @@ import tensorflow as tf
 from kdepth import flips
 from kdepth.config import choices
 from kdepth.losses import GradientMatchingLoss, MaskedMSE, ScaleInvariantLoss, SetLoss
-from kdepth.metrics import EdgeDelta, training_metrics
+from kdepth.metrics import logged_metrics
 from kdepth.models import SCALE_NAMES
 from kdepth.ops import masked_resize
 from kdepth.training.distribute import all_reduce_and_clip, logs_for_keras
@@ -99,7 +99,7 @@ class DepthTrainer(keras.Model):
         if self.grad_weight > 0:
             names.append("grad")
         self.term_trackers = {n: keras.metrics.Mean(name=n) for n in names}
-        self.depth_metrics = [*training_metrics(), EdgeDelta()]
+        self.depth_metrics = logged_metrics()
         # Batches whose update was skipped as non-finite, per epoch (logged as skipped_batches).
         self.skipped_tracker = keras.metrics.Sum(name="skipped_batches")
         self.overflow_tracker = None  # set by compile() under a LossScaleOptimizer
