@@ -180,6 +180,17 @@ def test_collapse_guard_names_the_collapse():
     assert "collapsed to a constant (2 m everywhere" in messages[0] and "learning rates" in messages[0]
 
 
+def test_collapse_guard_does_not_say_a_log_head_at_the_upper_guard_is_stuck():
+    # The log head's guard passes gradients (straight-through), unlike the relu head's clamp.
+    network = DepthNetwork(input_size=(32, 32), scales=2, coarse_hidden=16)
+    head = network.get_layer("scale2_head")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel, bias + 1e5])  # far above the 10 km guard
+    messages = []
+    cb.CollapseGuard(network, tf.zeros((2, 32, 32, 3)), "scale2", echo=messages.append).on_epoch_end(0, {})
+    assert "upper guard (10 km), pushed there" in messages[0] and "no gradient" not in messages[0]
+
+
 def test_collapse_guard_logs_the_fraction_of_zero_predictions():
     network = DepthNetwork(input_size=(32, 32), scales=2, coarse_hidden=16, output="relu")
     head = network.get_layer("scale2_head")

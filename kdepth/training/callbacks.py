@@ -263,13 +263,16 @@ class CollapseGuard(keras.callbacks.Callback):
                 "Lower the rates or check the data."
             )
 
-    @staticmethod
-    def _kind(mean):
-        if mean <= CollapseGuard.ZERO_DEPTH:
+    def _kind(self, mean):
+        if mean <= self.ZERO_DEPTH:
             return "This is the seed project's all-zero collapse; "
         if mean >= 1e3:
-            # The heads' guard (DepthActivation.max_depth) passes no gradient: a run stuck there stays.
-            return "The predictions are at the heads' upper guard, where no gradient flows back; "
+            # A "relu" head's clamp passes no gradient, so a run stuck there stays; the log and
+            # softplus guards pass it (straight-through), so such a run can still come back.
+            mode = getattr(self.network.get_layer(self.output), "mode", "log")
+            if mode == "relu":
+                return "The predictions are at the heads' upper guard, where no gradient flows back; "
+            return "The predictions are at the heads' upper guard (10 km), pushed there by steps too large; "
         return ""
 
 
