@@ -9,20 +9,21 @@ The training step is the one `kdepth fit` runs for stage 1 (built by
                           repeated): the same shapes, no decoding.
   in-memory (A/A control) a second, identical in-memory feed timed as if it were a pipeline:
                           its "cost" is the noise floor of the method on this machine.
-  synthetic               the synthetic source rendered on the fly at the input size (what the
-                          quickstart trains on).
-  folder PNG              the folder format written once with `kdepth.data.writer.write_source`
+  synthetic, every step   the synthetic source rendered on the fly at the input size with the
+                          cache off (the quickstart's default settings cache it).
+  folder PNG, every step  the folder format written once with `kdepth.data.writer.write_source`
                           from the synthetic source at the stored size (8-bit RGB PNG + 16-bit
-                          depth PNG; 480x640 like NYU frames, 240x320 with --quick).
-  folder PNG + <option>   the same with one tf.data option set on top of kdepth's pipeline
-                          (variants that might stop the pipeline competing with the step):
-                          threading.private_threadpool_size = 1, autotune.cpu_budget = 1.
-                          (threading.max_intra_op_parallelism = 1 is tf.data's default already.)
-  folder JPEG             the same files with the RGB saved as JPEG (quality 95).
-  folder PNG, cached      folder PNG with data.cache=true (decoded, resized uint8 samples kept in
-                          memory after the first pass, which runs before the timed blocks).
-  folder PNG at input size  the folder format written at the input size: what resizing once when
-                          the data is written saves.
+                          depth PNG; 480x640 like NYU frames, 240x320 with --quick), with
+                          data.cache = false: every sample decoded and resized at every step.
+  folder JPEG, every step the same files with the RGB saved as JPEG (quality 95).
+  folder PNG / JPEG, default  the same folders with kdepth's default data.cache = "auto", which
+                          caches these splits (decoded, resized uint8 samples kept in memory after
+                          the first pass, which runs before the timed blocks).
+  folder PNG at input size  the folder format written at the input size, cache off: what
+                          resizing once when the data is written saves.
+
+(Two tf.data threading options, tried on the PNG feed until 2026-12-01 and dropped, are in
+docs/performance.md with their figures.)
 
 Each is `kdepth.data.pipeline.dataset_from_config` exactly as fit builds it (training=True:
 shuffle buffer 512, photometric jitter, flip groups of ("identity", "lr"), repeat). A block is one
@@ -68,7 +69,7 @@ from common import write_results  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from kdepth.config import load_config  # noqa: E402
-from kdepth.data.pipeline import dataset_from_config  # noqa: E402
+from kdepth.data.pipeline import dataset_from_config, resolve_cache  # noqa: E402
 from kdepth.data.sources import open_source  # noqa: E402
 from kdepth.data.writer import write_source  # noqa: E402
 from kdepth.training.stages import build_trainer as fit_build_trainer  # noqa: E402
@@ -94,14 +95,10 @@ QUICK = Settings(points=(((64, 80), 8, 2, 5),), stored_size=(240, 320), samples=
 
 REFERENCE = "in-memory (reference)"
 CONTROL = "in-memory (A/A control)"
-CACHED = "folder PNG, cached"
-# tf.data options tried on top of kdepth's pipeline: (label suffix, option path, value).
-# threading.max_intra_op_parallelism = 1 is not among them: it is already tf.data's default
-# (RootDataset), and a run with it set explicitly measured the same as the default.
-OPTION_VARIANTS = (
-    ("1 tf.data thread", "threading.private_threadpool_size", 1),
-    ("autotune cpu_budget 1", "autotune.cpu_budget", 1),
-)
+PNG_EVERY_STEP = "folder PNG, decoded every step (cache false)"
+JPEG_EVERY_STEP = "folder JPEG, decoded every step (cache false)"
+PNG_DEFAULT = "folder PNG, default settings (cache auto)"
+JPEG_DEFAULT = "folder JPEG, default settings (cache auto)"
 
 _START = time.perf_counter()
 
@@ -134,51 +131,45 @@ def write_png_folder(root, samples, size):
 
 
 def point_config(size, batch, samples, source="synthetic", root="", cache=False):
-    """The kdepth config of one measured point: stage 1 at `size`, `batch` flip groups of 2 per step."""
+    """The kdepth config of one measured point: stage 1 at `size`, `batch` flip groups of 2 per step.
+
+    `cache` is data.cache: True, False or "auto" (kdepth's default).
+    """
     return load_config([], [
         f"model.input_size=[{size[0]}, {size[1]}]",
         "model.backbone_weights=none",
         f"train.batch_size={batch}",
         f"data.source={source}",
         f"data.root={root}",
-        f"data.cache={'true' if cache else 'false'}",
+        f"data.cache={str(cache).lower()}",
         f"data.synthetic_train={samples}",
         "data.synthetic_val=8",
         "data.synthetic_test=8",
     ])
 
 
-def with_option(dataset, path, value):
-    """`dataset` with one tf.data option (e.g. "threading.private_threadpool_size") set."""
-    options = tf.data.Options()
-    group, name = path.split(".")
-    setattr(getattr(options, group), name, value)
-    return dataset.with_options(options)
-
-
 def feeds(size, batch, samples, png, jpeg, small_png):
     """{label: training dataset}: the real pipelines as fit builds them, and the in-memory feeds."""
     configs = {
-        "synthetic (rendered on the fly)": point_config(size, batch, samples),
-        "folder PNG": point_config(size, batch, samples, "folder", png),
-        "folder JPEG": point_config(size, batch, samples, "folder", jpeg),
-        CACHED: point_config(size, batch, samples, "folder", png, cache=True),
-        "folder PNG stored at input size": point_config(size, batch, samples, "folder", small_png),
+        "synthetic, rendered every step (cache false)": point_config(size, batch, samples),
+        PNG_EVERY_STEP: point_config(size, batch, samples, "folder", png),
+        JPEG_EVERY_STEP: point_config(size, batch, samples, "folder", jpeg),
+        PNG_DEFAULT: point_config(size, batch, samples, "folder", png, cache="auto"),
+        JPEG_DEFAULT: point_config(size, batch, samples, "folder", jpeg, cache="auto"),
+        "folder PNG stored at input size (cache false)": point_config(size, batch, samples, "folder", small_png),
     }
-    real = {label: dataset_from_config(cfg, "train", training=True, repeat=True)[0] for label, cfg in configs.items()}
-    for suffix, path, value in OPTION_VARIANTS:
-        ds = dataset_from_config(configs["folder PNG"], "train", training=True, repeat=True)[0]
-        real[f"folder PNG + {suffix}"] = with_option(ds, path, value)
-    batches = list(real["folder PNG"].take(MEMORY_BATCHES))
+    real = {}
+    for label, cfg in configs.items():
+        real[label], source = dataset_from_config(cfg, "train", training=True, repeat=True)
+        log(f"  {label}: {resolve_cache(cfg, source, 'train', training=True)[1]}")
+    batches = list(real[PNG_EVERY_STEP].take(MEMORY_BATCHES))
     images = tf.stack([b[0] for b in batches])
     target = {k: tf.stack([b[1][k] for b in batches]) for k in batches[0][1]}
 
     def memory():
         return tf.data.Dataset.from_tensor_slices((images, target)).repeat()
 
-    order = ["synthetic (rendered on the fly)", "folder PNG", *[f"folder PNG + {v[0]}" for v in OPTION_VARIANTS],
-             "folder JPEG", CACHED, "folder PNG stored at input size"]
-    return {REFERENCE: memory(), CONTROL: memory(), **{label: real[label] for label in order}}, configs["folder PNG"]
+    return {REFERENCE: memory(), CONTROL: memory(), **real}, configs[PNG_EVERY_STEP]
 
 
 # ---------------------------------------------------------------------------------- model
@@ -230,11 +221,12 @@ def measure_point(size, batch, rounds, steps, settings, png, jpeg, tmp):
     small_png = write_png_folder(tmp / f"png_{size[0]}x{size[1]}", settings.samples, size)
     datasets, config = feeds(size, batch, settings.samples, png, jpeg, small_png)
     trainer = build_trainer(config)
-    # Trace the train step once, and fill the cache of the cached feed (shared by all its
+    # Trace the train step once, and fill the caches of the cached feeds (shared by all their
     # iterators once a first pass is complete), outside the timed blocks.
     steps_per_second(trainer, datasets[REFERENCE], 1, 1)
-    for _ in datasets[CACHED].take(settings.samples // batch + 1):
-        pass
+    for label in (PNG_DEFAULT, JPEG_DEFAULT):
+        for _ in datasets[label].take(settings.samples // batch + 1):
+            pass
     # Every other feed's block sits between two reference blocks (A B A C A ...): its ratio is to
     # the mean of its two neighbours, so load that changes over a minute cancels out.
     real = [label for label in datasets if label != REFERENCE]

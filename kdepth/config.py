@@ -25,7 +25,7 @@ class Key:
     """One configuration key: its default, kind, allowed values and a one-line description."""
 
     default: Any
-    kind: str  # int | float | bool | str | size | size_or_empty | str_list | num_list
+    kind: str  # int | float | bool | bool_or_auto | str | size | size_or_empty | str_list | num_list
     doc: str
     choices: tuple = ()
     min: float | None = None
@@ -51,7 +51,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "jitter_saturation": Key(0.1, "float", "photometric jitter: max relative saturation change (0 = off)", min=0.0, max=1.0),
         "shuffle_buffer": Key(512, "int", "shuffle buffer in samples (0 = no shuffle)", min=0),
         "seed": Key(0, "int", "seed for shuffling, jitter and the synthetic renderer", min=0),
-        "cache": Key(False, "bool", "keep decoded samples in memory at the input size (uint8): faster, same batches"),
+        "cache": Key("auto", "bool_or_auto", "keep decoded training samples in memory at the input size (uint8): faster, same batches; auto = when the split takes at most 1 GiB"),
         "skip_bad_files": Key(False, "bool", "skip (and count) unreadable or empty samples instead of stopping"),
         "synthetic_train": Key(2000, "int", "synthetic source: samples in the train split", min=1),
         "synthetic_val": Key(120, "int", "synthetic source: samples in the val split", min=1),
@@ -160,6 +160,7 @@ def _describe(key):
         "int": "an integer",
         "float": "a number",
         "bool": "true or false",
+        "bool_or_auto": 'true, false or "auto"',
         "str": "a string",
         "size": "[H, W] with two positive integers",
         "size_or_empty": "[H, W] with two positive integers, or []",
@@ -186,6 +187,9 @@ def _coerce(section, name, key, value):
     kind = key.kind
     if kind == "bool":
         if not isinstance(value, bool):
+            raise bad()
+    elif kind == "bool_or_auto":
+        if not isinstance(value, bool) and value != "auto":
             raise bad()
     elif kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from kdepth import flips
 from kdepth.config import load_config
-from kdepth.data.pipeline import build_dataset, dataset_from_config
+from kdepth.data.pipeline import AUTO_CACHE_BYTES, build_dataset, dataset_from_config, resolve_cache
 from kdepth.data.sources import open_source
 
 
@@ -148,6 +148,58 @@ def test_cache_holds_resized_uint8_samples_before_the_augmentations():
     upstream = _datasets_in(caches[0])
     assert not any(type(d).__name__ == "_RandomDataset" for d in upstream)
     assert any(type(d).__name__ == "_RandomDataset" for d in datasets)
+
+
+def _has_cache(ds):
+    return any(type(d).__name__ == "CacheDataset" for d in _datasets_in(ds))
+
+
+def test_auto_cache_holds_a_small_training_split_read_several_times_and_gives_the_same_batches():
+    # 3 epochs x 3 steps x 2 = 3 passes over 6 samples: auto caches; batches as with the cache off.
+    config, source = synthetic()
+    config = config.replace(model__input_size=[32, 40], train__batch_size=2, train__epochs=3, train__steps_per_epoch=3)
+    assert config.data.cache == "auto"
+    cache, note = resolve_cache(config, source, "train", training=True)
+    assert cache and note == "cache: on, 6 samples, 0 MB in memory (data.cache = auto)"
+    auto, _ = dataset_from_config(config, "train", training=True, source=source, repeat=True)
+    off, _ = dataset_from_config(config.replace(data__cache=False), "train", training=True, source=source, repeat=True)
+    assert _has_cache(auto) and not _has_cache(off)
+    for (images_a, target_a), (images_b, target_b) in zip(auto.take(9), off.take(9), strict=True):
+        np.testing.assert_array_equal(images_a.numpy(), images_b.numpy())
+        np.testing.assert_array_equal(target_a["depth"].numpy(), target_b["depth"].numpy())
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"train__epochs": 1, "train__steps_per_epoch": 3, "train__batch_size": 2}, "the run reads the split 1 times"),
+        ({"data__skip_bad_files": True}, "data.skip_bad_files = true"),
+        ({"model__input_size": [8192, 8192]}, "over 1 GiB"),
+    ],
+)
+def test_auto_cache_stays_off_where_it_cannot_pay_or_could_change_the_batches(change, reason):
+    config, source = synthetic()
+    config = config.replace(**{"model__input_size": [32, 40], "train__epochs": 5, **change})
+    cache, note = resolve_cache(config, source, "train", training=True)
+    assert not cache and note.endswith(f": {reason} (data.cache = auto)")
+    assert not resolve_cache(config.replace(model__input_size=[32, 40]), source, "val", training=False)[0]
+
+
+def test_auto_cache_limit_counts_uint8_images_and_float32_depth():
+    config, source = synthetic()
+    # 6 samples of H*W*3 + H*W*4 bytes: the largest square input that fits the limit, and one more row.
+    side = int((AUTO_CACHE_BYTES / (6 * 7)) ** 0.5)
+    fits = config.replace(model__input_size=[side, side], train__epochs=5)
+    over = config.replace(model__input_size=[side + 1, side + 1], train__epochs=5)
+    assert resolve_cache(fits, source, "train", training=True)[0]
+    assert not resolve_cache(over, source, "train", training=True)[0]
+
+
+def test_cache_true_and_false_are_taken_as_given():
+    config, source = synthetic()
+    assert resolve_cache(config.replace(data__cache=True), source, "val", training=False) == (
+        True, "cache: on, 3 samples, 0 MB (data.cache = true)")
+    assert not resolve_cache(config.replace(data__cache=False, train__epochs=9), source, "train", training=True)[0]
 
 
 def test_images_are_resized_then_rounded_to_uint8_values():

@@ -301,6 +301,9 @@ class Source:
     """
 
     name = "source"
+    # The index-based `raw_dataset` below shuffles sample indices, so a cached split reshuffled
+    # with the same seed gives the same batches (`kdepth.data.pipeline.resolve_cache`).
+    shuffles_by_index = True
 
     def __init__(self):
         self.skipped = []
@@ -654,6 +657,8 @@ class TfdsSource(Source):
     the tfds record ids. `load` iterates the split in order and keeps its place, so visiting the
     indices in increasing order (as `kdepth data check` does) reads the split once.
     """
+
+    shuffles_by_index = False  # tfds shuffles files and records itself
 
     def __init__(self, dataset="nyu_depth_v2", data_dir=None, min_depth=1e-3, max_depth=10.0):
         super().__init__()

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdepth.data.pipeline import dataset_from_config
+from kdepth.data.pipeline import dataset_from_config, resolve_cache, steps_per_epoch
 from kdepth.data.sources import open_source, resolve_splits
 from kdepth.errors import DataError, KdepthError
 from kdepth.metrics import logged_metrics
@@ -261,7 +261,7 @@ def _datasets(run):
             raise KdepthError(f"--overfit {run.overfit} needs that many training images; the split has {run.n_train}.")
         run.source = _FirstN(run.source, d.train_split, run.overfit)
         run.n_train = run.overfit
-    run.steps = t.steps_per_epoch or max(1, run.n_train // t.batch_size)
+    run.steps = steps_per_epoch(t, run.n_train)
     run.epochs = t.epochs
     train_ds, _ = dataset_from_config(config, d.train_split, training=True, source=run.source, repeat=True)
     run.train_ds = distribute.shard_by_data(train_ds, run.dist)
@@ -275,6 +275,7 @@ def _datasets(run):
     run.val_ds = run.sample_ds if run.val_split else None
     batch_images = t.batch_size * len(d.flip_group)
     run.echo(_stage_summary(run.stage, run.parts, config, run.steps, batch_images, run.n_train, run.n_val))
+    run.echo(resolve_cache(config, run.source, d.train_split, training=True)[1])
 
 
 def _callbacks(run):
