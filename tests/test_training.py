@@ -164,6 +164,7 @@ def test_stage2_starts_from_stage1_and_needs_it(tmp_path):
             np.testing.assert_array_equal(a, b)  # frozen in stage 2
 
 
+@pytest.mark.slow  # ~50 epochs until fitted: 75-145 s here, a seventh of the default suite
 def test_overfit_three_images_reaches_a_low_error(tmp_path):
     config = tiny_config(tmp_path, "train.lr_scale2=3e-3", "train.lr_coarse=3e-4")
     result = fit(config, overfit=3)
