@@ -4,13 +4,16 @@
    all three scales and random weights (size and speed do not depend on the weights): batch 1,
    one LiteRT thread, the two interpreters invoked alternately so load on a shared machine hits
    both alike; medians and their ratio.
-2. Accuracy after equal training wall time: stage 1 of each network on the synthetic rooms for
-   `--seconds` of training steps (the step time is each network's own, so the mobile network
-   takes more steps), two seeds each, then delta1 on the synthetic validation split. Run at
-   `--acc-size` (default 96x128) so that the VGG16 network takes more than a handful of steps on
-   a CPU; the int8 file of the first mobile run is exported and scored on the same split.
+2. Accuracy after equal training wall time: the two networks' train steps are timed side by
+   side at `--acc-size` (default 64x96, small enough for VGG16 to take a few hundred steps on a
+   CPU); then `kdepth fit --stage 1` of each on the synthetic rooms, VGG16 for `--epochs` x
+   `--vgg-steps` steps and the mobile network for as many epochs of (vgg-steps x the step-time
+   ratio) steps, so both train for the same wall time, each with its own config's schedule over
+   its own steps; two seeds each, delta1 on the synthetic validation split. The int8 file of
+   the first mobile run is exported and scored on the same split.
 
-    python benchmarks/mobile.py --seconds 200            # results in benchmarks/results/mobile.json
+    python benchmarks/mobile.py                          # results in benchmarks/results/mobile.json
+    python benchmarks/mobile.py --skip-accuracy          # size and latency only, about 2 minutes
 """
 
 import argparse
@@ -99,56 +102,75 @@ def size_and_latency(size, repeats):
     return out
 
 
-def _train_for(config, seconds):
-    """Stage-1 training steps until `seconds` have passed; returns (parts, steps, seconds, source)."""
+def _step_seconds(configs, repeats):
+    """Median seconds of a stage-1 train step of each config on a real batch, the networks stepped alternately."""
     from kdepth.data.pipeline import dataset_from_config
-    from kdepth.data.sources import open_source
     from kdepth.training.stages import build_trainer
 
-    source = open_source(config.data, config.model.input_size)
-    parts = build_trainer(config, 1)
-    train_ds, _ = dataset_from_config(config, config.data.train_split, training=True, source=source, repeat=True)
-    batches = iter(train_ds)
-    start, steps = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        images, target = next(batches)
-        parts.trainer.train_on_batch(images, target)
-        steps += 1
-    return parts, steps, time.perf_counter() - start, source
+    runs = {}
+    for name, config in configs.items():
+        trainer = build_trainer(config, 1).trainer
+        images, target = next(iter(dataset_from_config(config, config.data.train_split, training=True)[0]))
+        for _ in range(2):  # trace and warm up
+            trainer.train_on_batch(images, target)
+        runs[name] = (trainer, images, target)
+    times = {name: [] for name in configs}
+    for _ in range(repeats):
+        for name, (trainer, images, target) in runs.items():
+            start = time.perf_counter()
+            trainer.train_on_batch(images, target)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _int8_delta1(config, network, tmp):
-    """delta1 of the float32 and int8 files of a trained network on the validation split (export's parity rows)."""
-    from kdepth.config import save_config
+def _fit_stage1(config, run_dir, name):
+    """`kdepth fit --stage 1` of `config` under run_dir (no checkpoints); returns its FitResult."""
+    from kdepth.training.fit import fit
+
+    config = config.replace(train__run_dir=str(run_dir), train__name=name, train__checkpoints=False)
+    return fit(config, stage=1, echo=lambda *a: None)
+
+
+def _export_delta1(stage_dir, out, parity_images):
+    """delta1 of a trained stage's Keras model and its float32 and int8 files (export's parity rows)."""
     from kdepth.export import export_model
-    from kdepth.training import checkpoints
 
-    stage = Path(tmp) / "run" / "stage1"
-    stage.mkdir(parents=True)
-    checkpoints.save_model(network, stage / "model.keras")
-    save_config(config, stage)
-    report = export_model(stage, Path(tmp) / "export", ["none", "int8"], parity_images=config.data.synthetic_val, echo=lambda *a: None)
+    report = export_model(stage_dir, out, ["none", "int8"], parity_images=parity_images, echo=lambda *a: None)
     rows = {row.form: row.to_dict() for row in report.rows}
     return {form: rows[form]["delta1"] for form in ("keras", "tflite none", "tflite int8")}
 
 
-def accuracy(size, seconds, seeds):
-    from kdepth.config import load_config
-    from kdepth.training.fit import final_metrics
+def accuracy(size, epochs, vgg_steps, seeds):
+    """Stage 1 of each network for the same training wall time, two seeds each; delta1 on the val split.
 
-    out = {"mobile": [], "vgg16": []}
-    for seed in seeds:
-        for name in ("vgg16", "mobile"):
-            sets = [*COMMON_SETS, f"model.input_size=[{size[0]}, {size[1]}]", f"data.seed={seed}"]
-            config = load_config([MOBILE_TOML] if name == "mobile" else [], sets)
-            parts, steps, took, source = _train_for(config, seconds)
-            _, _, val, baseline = final_metrics(config, parts.network, source, "scale2", config.data.val_split)
-            row = {"seed": seed, "steps": steps, "seconds": round(took, 1), "val_delta1": val["delta1"], "baseline_delta1": baseline["delta1"]}
-            if name == "mobile" and seed == seeds[0]:
-                with tempfile.TemporaryDirectory() as tmp:
-                    row["export_delta1"] = _int8_delta1(config, parts.network, tmp)
-            out[name].append(row)
-            print(name, row, flush=True)
+    The step times are measured side by side first; the VGG16 run trains `epochs` x `vgg_steps`
+    steps and the mobile run `epochs` x (vgg_steps x the step-time ratio), each with its own
+    config's full schedule (warm-up and cosine decay over its own steps). The fits' wall times
+    are recorded to show they match.
+    """
+    from kdepth.config import load_config
+
+    def config(name, seed, steps):
+        sets = [*COMMON_SETS, f"model.input_size=[{size[0]}, {size[1]}]", f"data.seed={seed}", f"train.seed={seed}",
+                f"train.epochs={epochs}", f"train.steps_per_epoch={steps}"]
+        return load_config([MOBILE_TOML] if name == "mobile" else [], sets)
+
+    step = _step_seconds({name: config(name, 0, 1) for name in ("vgg16", "mobile")}, repeats=15)
+    ratio = step["vgg16"] / step["mobile"]
+    steps = {"vgg16": vgg_steps, "mobile": max(1, round(vgg_steps * ratio))}
+    print(f"step time: vgg16 {step['vgg16']:.3f} s, mobile {step['mobile']:.3f} s ({ratio:.1f}x); steps per epoch {steps}", flush=True)
+    out = {"step_seconds": step, "step_ratio": ratio, "epochs": epochs, "steps_per_epoch": steps, "mobile": [], "vgg16": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            for name in ("vgg16", "mobile"):
+                cfg = config(name, seed, steps[name])
+                result = _fit_stage1(cfg, Path(tmp) / "runs", f"{name}_seed{seed}")
+                row = {"seed": seed, "steps": epochs * steps[name], "fit_seconds": round(result.seconds, 1),
+                       "val_delta1": result.val["delta1"], "baseline_delta1": result.baseline["delta1"]}
+                if name == "mobile" and seed == seeds[0]:
+                    row["export_delta1"] = _export_delta1(result.stage_dir, Path(tmp) / "export", cfg.data.synthetic_val)
+                out[name].append(row)
+                print(name, row, flush=True)
     for name in ("mobile", "vgg16"):
         out[f"{name}_mean_delta1"] = statistics.mean(r["val_delta1"] for r in out[name])
     return out
@@ -157,8 +179,9 @@ def accuracy(size, seconds, seeds):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=[192, 256])
-    parser.add_argument("--acc-size", type=int, nargs=2, default=[96, 128])
-    parser.add_argument("--seconds", type=float, default=200.0, help="training wall time per run")
+    parser.add_argument("--acc-size", type=int, nargs=2, default=[64, 96])
+    parser.add_argument("--epochs", type=int, default=12, help="epochs of every accuracy run")
+    parser.add_argument("--vgg-steps", type=int, default=25, help="steps per epoch of the VGG16 runs (mobile: x the step-time ratio)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--repeats", type=int, default=50, help="latency invokes per model")
     parser.add_argument("--skip-accuracy", action="store_true")
@@ -167,7 +190,7 @@ def main():
     print(json.dumps(result["latency"], indent=2), flush=True)
     if not args.skip_accuracy:
         result["acc_size"] = args.acc_size
-        result["accuracy"] = accuracy(args.acc_size, args.seconds, args.seeds)
+        result["accuracy"] = accuracy(args.acc_size, args.epochs, args.vgg_steps, args.seeds)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "mobile.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
