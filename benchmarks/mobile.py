@@ -14,6 +14,10 @@
 
     python benchmarks/mobile.py                          # results in benchmarks/results/mobile.json
     python benchmarks/mobile.py --skip-accuracy          # size and latency only, about 2 minutes
+
+3. With `--cuts`: where the mobile network's int8 time goes, the network built with scale 1 only,
+   scales 1-2 and all three (each served at the deploy size, so the serving resize is in all
+   three), invoked alternately like the two networks.
 """
 
 import argparse
@@ -30,7 +34,7 @@ from common import RESULTS, machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MOBILE_TOML = ROOT / "configs" / "mobile.toml"
-COMMON_SETS = ["model.backbone_weights=none", "train.verbose=0", "train.tensorboard_images=0", "data.synthetic_train=500"]
+COMMON_SETS = ["model.backbone_weights=none", "train.verbose=0", "train.tensorboard_images=0", "data.synthetic_train=8000"]
 
 
 def _int8_file(network, out, size):
@@ -102,6 +106,18 @@ def size_and_latency(size, repeats):
     return out
 
 
+def cut_latency(size, repeats):
+    """Median int8 ms of the mobile network with 1, 2 and 3 scales, random weights, invoked alternately."""
+    from kdepth.config import load_config
+    from kdepth.training.stages import network_from_config
+
+    config = load_config([MOBILE_TOML], [f"model.input_size=[{size[0]}, {size[1]}]"])
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {f"scales 1-{n}": _int8_file(network_from_config(config, n), Path(tmp) / f"scales{n}", tuple(size))
+                 for n in (1, 2, 3)}
+        return _interleaved_latency(paths, repeats)
+
+
 def _step_seconds(configs, repeats):
     """Median seconds of a stage-1 train step of each config on a real batch, the networks stepped alternately."""
     from kdepth.data.pipeline import dataset_from_config
@@ -140,13 +156,14 @@ def _export_delta1(stage_dir, out, parity_images):
     return {form: rows[form]["delta1"] for form in ("keras", "tflite none", "tflite int8")}
 
 
-def accuracy(size, epochs, vgg_steps, seeds):
+def accuracy(size, epochs, vgg_steps, seeds, networks=("vgg16", "mobile")):
     """Stage 1 of each network for the same training wall time, two seeds each; delta1 on the val split.
 
     The step times are measured side by side first; the VGG16 run trains `epochs` x `vgg_steps`
     steps and the mobile run `epochs` x (vgg_steps x the step-time ratio), each with its own
     config's full schedule (warm-up and cosine decay over its own steps). The fits' wall times
-    are recorded to show they match.
+    are recorded to show they match. `networks` trains only those (the step times of both are
+    measured all the same), e.g. to rerun the mobile network after a change of configs/mobile.toml.
     """
     from kdepth.config import load_config
 
@@ -159,10 +176,10 @@ def accuracy(size, epochs, vgg_steps, seeds):
     ratio = step["vgg16"] / step["mobile"]
     steps = {"vgg16": vgg_steps, "mobile": max(1, round(vgg_steps * ratio))}
     print(f"step time: vgg16 {step['vgg16']:.3f} s, mobile {step['mobile']:.3f} s ({ratio:.1f}x); steps per epoch {steps}", flush=True)
-    out = {"step_seconds": step, "step_ratio": ratio, "epochs": epochs, "steps_per_epoch": steps, "mobile": [], "vgg16": []}
+    out = {"step_seconds": step, "step_ratio": ratio, "epochs": epochs, "steps_per_epoch": steps, **{n: [] for n in networks}}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
-            for name in ("vgg16", "mobile"):
+            for name in networks:
                 cfg = config(name, seed, steps[name])
                 result = _fit_stage1(cfg, Path(tmp) / "runs", f"{name}_seed{seed}")
                 row = {"seed": seed, "steps": epochs * steps[name], "fit_seconds": round(result.seconds, 1),
@@ -171,7 +188,7 @@ def accuracy(size, epochs, vgg_steps, seeds):
                     row["export_delta1"] = _export_delta1(result.stage_dir, Path(tmp) / "export", cfg.data.synthetic_val)
                 out[name].append(row)
                 print(name, row, flush=True)
-    for name in ("mobile", "vgg16"):
+    for name in networks:
         out[f"{name}_mean_delta1"] = statistics.mean(r["val_delta1"] for r in out[name])
     return out
 
@@ -184,15 +201,22 @@ def main():
     parser.add_argument("--vgg-steps", type=int, default=25, help="steps per epoch of the VGG16 runs (mobile: x the step-time ratio)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--repeats", type=int, default=50, help="latency invokes per model")
+    parser.add_argument("--networks", nargs="+", choices=("vgg16", "mobile"), default=["vgg16", "mobile"],
+                        help="the networks the accuracy part trains")
+    parser.add_argument("--name", default="mobile", help="results file: benchmarks/results/NAME.json")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--cuts", action="store_true", help="also time the mobile network with 1, 2 and 3 scales")
     args = parser.parse_args()
     result = {"machine": machine(), "size": args.size, "latency": size_and_latency(args.size, args.repeats)}
     print(json.dumps(result["latency"], indent=2), flush=True)
+    if args.cuts:
+        result["cuts_ms"] = cut_latency(args.size, args.repeats)
+        print(json.dumps(result["cuts_ms"], indent=2), flush=True)
     if not args.skip_accuracy:
         result["acc_size"] = args.acc_size
-        result["accuracy"] = accuracy(args.acc_size, args.epochs, args.vgg_steps, args.seeds)
+        result["accuracy"] = accuracy(args.acc_size, args.epochs, args.vgg_steps, args.seeds, args.networks)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "mobile.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
