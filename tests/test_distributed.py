@@ -234,6 +234,7 @@ EQUIVALENCE_SCRIPT = (
 )
 
 
+@pytest.mark.slow  # two replicas trace two train steps: 40-125 s here; tests/test_metrics.py covers replicas in the default suite
 def test_one_step_on_two_replicas_equals_one_step_on_one_device():
     r = _run_script(EQUIVALENCE_SCRIPT.replace("sys.argv[1]", repr(json.dumps(TINY))))
     assert r["replicas"] == 2

@@ -32,6 +32,7 @@ def _initial_weights(config):
     return [w.numpy() for w in build_trainer(config, 1).network.weights]
 
 
+@pytest.mark.slow  # float16 convolutions fall back to Eigen on a CPU: 50-150 s here, the slowest default test
 def test_mixed_float16_steps_are_finite_and_close_to_float32(tiny_config):
     config = tiny_config("f16", "model.dropout=0.0", FLIPS, "train.precision=mixed_float16", "train.optimizer=sgd")
     parts16, logs16 = _train(config, "mixed_float16")
