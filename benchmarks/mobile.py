@@ -198,9 +198,9 @@ def main():
     parser.add_argument("--size", type=int, nargs=2, default=[192, 256])
     parser.add_argument("--acc-size", type=int, nargs=2, default=[64, 96])
     parser.add_argument("--epochs", type=int, default=12, help="epochs of every accuracy run")
-    parser.add_argument("--vgg-steps", type=int, default=25, help="steps per epoch of the VGG16 runs (mobile: x the step-time ratio)")
+    parser.add_argument("--vgg-steps", type=int, default=30, help="steps per epoch of the VGG16 runs (mobile: x the step-time ratio)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--repeats", type=int, default=50, help="latency invokes per model")
+    parser.add_argument("--repeats", type=int, default=60, help="latency invokes per model")
     parser.add_argument("--networks", nargs="+", choices=("vgg16", "mobile"), default=["vgg16", "mobile"],
                         help="the networks the accuracy part trains")
     parser.add_argument("--name", default="mobile", help="results file: benchmarks/results/NAME.json")
