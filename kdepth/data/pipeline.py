@@ -182,7 +182,7 @@ def resolve_cache(config, source, split, *, training):
     reads it at least twice, it takes at most `AUTO_CACHE_BYTES`, and the batches are then
     provably the ones the uncached pipeline gives: the source shuffles by sample index (not
     tfds) and no bad sample is skipped. Decoding full-size files at every step costs a tiny input
-    6-7% of its step (docs/performance.md); after the first pass the cache costs nothing per
+    4-7% of its step (docs/performance.md); after the first pass the cache costs nothing per
     step. Evaluation pipelines are never cached by "auto".
 
     Returns:
