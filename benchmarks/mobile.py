@@ -14,6 +14,7 @@
 
     python benchmarks/mobile.py                          # results in benchmarks/results/mobile.json
     python benchmarks/mobile.py --skip-accuracy          # size and latency only, about 2 minutes
+    python benchmarks/mobile.py --skip-latency --networks vgg16   # one network's accuracy runs only
 
 3. With `--cuts`: where the mobile network's int8 time goes, the network built with scale 1 only,
    scales 1-2 and all three (each served at the deploy size, so the serving resize is in all
@@ -206,10 +207,13 @@ def main():
                         help="the networks the accuracy part trains")
     parser.add_argument("--name", default="mobile", help="results file: benchmarks/results/NAME.json")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true", help="only the accuracy part (e.g. beside another job)")
     parser.add_argument("--cuts", action="store_true", help="also time the mobile network with 1, 2 and 3 scales")
     args = parser.parse_args()
-    result = {"machine": machine(), "size": args.size, "latency": size_and_latency(args.size, args.repeats)}
-    print(json.dumps(result["latency"], indent=2), flush=True)
+    result = {"machine": machine(), "size": args.size}
+    if not args.skip_latency:
+        result["latency"] = size_and_latency(args.size, args.repeats)
+        print(json.dumps(result["latency"], indent=2), flush=True)
     if args.cuts:
         result["cuts_ms"] = cut_latency(args.size, args.repeats)
         print(json.dumps(result["cuts_ms"], indent=2), flush=True)
