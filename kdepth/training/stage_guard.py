@@ -42,7 +42,7 @@ RESUME_MAY_CHANGE = (
     "train.lr_backbone", "train.lr_coarse", "train.lr_skip", "train.lr_scale2", "train.lr_scale3",
     "train.finetune_lr_scale", "train.lr_schedule", "train.lr_decay_rate", "train.lr_decay_epochs",
     "train.lr_min_ratio", "train.warmup_epochs", "train.weight_decay", "train.clipnorm",
-    "train.steps_per_execution", "train.jit_compile", "train.devices", "train.backup_every",
+    "train.steps_per_execution", "train.jit_compile", "train.release_memory", "train.devices", "train.backup_every",
     "train.on_nan", "train.tensorboard_images", "train.collapse_std", "train.verbose",
     "data.cache",
     "export.quantize", "export.representative_samples",

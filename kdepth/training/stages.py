@@ -11,6 +11,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from kdepth.allocator import return_freed_memory
 from kdepth.errors import KdepthError
 from kdepth.models import (
     GROUPS,
@@ -142,7 +143,8 @@ def _make_trainer(config, network):
 def build_trainer(config, stage, *, init_path=None, jit_compile=None):
     """Builds and compiles the trainer for a stage: the one set-up `fit` and the benchmarks share.
 
-    Builds the network for the stage's scales, loads `init_path` (matched by layer name) or the
+    With `train.release_memory` it first sets the C allocator to give freed tensors back to the
+    system (`kdepth.allocator`). Builds the network for the stage's scales, loads `init_path` (matched by layer name) or the
     configured backbone weights, freezes per `STAGE_TRAINABLE`, wraps it in a `DepthTrainer` with
     the config's losses and compiles it with the per-group optimizer. Call it inside the dtype
     policy (`kdepth.models.dtype_policy`) and, when distributing, inside the strategy's scope.
@@ -157,6 +159,8 @@ def build_trainer(config, stage, *, init_path=None, jit_compile=None):
         A `TrainerParts`.
     """
     t = config.train
+    if t.release_memory:  # before the build, whose initialiser temporaries are freed at once
+        return_freed_memory()
     init = load_keras_file(init_path) if init_path is not None else None  # a bad file fails before the build
     network = network_from_config(config, scales_for_stage(config, stage))
     message = _initial_weights(config, network, init, init_path)
