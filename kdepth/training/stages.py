@@ -143,11 +143,12 @@ def _make_trainer(config, network):
 def build_trainer(config, stage, *, init_path=None, jit_compile=None):
     """Builds and compiles the trainer for a stage: the one set-up `fit` and the benchmarks share.
 
-    With `train.release_memory` it first sets the C allocator to give freed tensors back to the
-    system (`kdepth.allocator`). Builds the network for the stage's scales, loads `init_path` (matched by layer name) or the
+    Builds the network for the stage's scales, loads `init_path` (matched by layer name) or the
     configured backbone weights, freezes per `STAGE_TRAINABLE`, wraps it in a `DepthTrainer` with
-    the config's losses and compiles it with the per-group optimizer. Call it inside the dtype
-    policy (`kdepth.models.dtype_policy`) and, when distributing, inside the strategy's scope.
+    the config's losses and compiles it with the per-group optimizer. With `train.release_memory`
+    it first sets the C allocator to give freed tensors back to the system (`kdepth.allocator`).
+    Call it inside the dtype policy (`kdepth.models.dtype_policy`) and, when distributing, inside
+    the strategy's scope.
 
     Args:
         config: a resolved config.
