@@ -119,20 +119,34 @@ def masked_resize(depth, size, method="masked_area", min_valid=0.5):
     return out
 
 
-def _overlap_matrix(n_in, n_out):
-    """(n_out, n_in) float32 weights: the share of output cell i's footprint that input cell j covers.
+def _footprints(n_in, n_out):
+    """The input cells under each output cell's footprint along one axis, and their weights.
 
     Output cell i covers [i * s, (i + 1) * s) of the input axis with s = n_in / n_out (the
-    half-open footprint of TensorFlow's ResizeArea); each row sums to 1. Built in float64 so
-    that the footprint edges carry no float32 rounding.
+    half-open footprint of TensorFlow's ResizeArea). Such an interval touches at most
+    floor(s) + 2 cells; taps past the axis end get weight 0. Built in float64 so that the
+    footprint edges carry no float32 rounding.
+
+    Returns:
+        (index, weight): (n_out, taps) int32 input cells and float32 shares of the footprint
+        (each row sums to 1).
     """
-    n_in = tf.cast(n_in, tf.float64)
-    n_out_f = tf.cast(n_out, tf.float64)
-    scale = n_in / n_out_f
-    starts = tf.range(n_out_f, dtype=tf.float64)[:, None] * scale
-    cells = tf.range(n_in, dtype=tf.float64)[None, :]
+    n_in64, n_out64 = tf.cast(n_in, tf.float64), tf.cast(n_out, tf.float64)
+    scale = n_in64 / n_out64
+    starts = tf.range(n_out64, dtype=tf.float64)[:, None] * scale
+    taps = tf.cast(tf.floor(scale), tf.int32) + 2
+    cells = tf.floor(starts) + tf.range(tf.cast(taps, tf.float64), dtype=tf.float64)[None, :]
     overlap = tf.minimum(starts + scale, cells + 1.0) - tf.maximum(starts, cells)
-    return tf.cast(tf.maximum(overlap, 0.0) / scale, tf.float32)
+    index = tf.minimum(tf.cast(cells, tf.int32), tf.cast(n_in, tf.int32) - 1)
+    return index, tf.cast(tf.maximum(overlap, 0.0) / scale, tf.float32)
+
+
+def _resize_axis(images, axis, n_in, n_out):
+    """Area resize of `images` along `axis` (1: height, 2: width) as a weighted sum of gathered taps."""
+    index, weight = _footprints(n_in, n_out)
+    taps = tf.gather(images, index, axis=axis)  # the tap axis follows `axis`
+    weight = tf.reshape(weight, tf.concat([tf.shape(weight), tf.ones([3 - axis], tf.int32)], axis=0))
+    return tf.reduce_sum(taps * weight, axis=axis + 1)
 
 
 def _block_factor(n_in, n_out):
@@ -146,7 +160,10 @@ def area_resize(images, size):
     """Area (box) resize of (B, h, w, C) float32 images, as tf.image.resize(method="area").
 
     Built from ops that XLA compiles (ResizeArea has no XLA kernel): a reshape-and-mean when both
-    factors are static integers, else a product with the two (out, in) overlap matrices.
+    factors are static integers, else, along each axis, a weighted sum of the few input cells
+    under each output cell's footprint. No matrix product: oneDNN picks its matrix kernels by
+    CPU and by matrix size, which would make the result differ in the last bit between an
+    Intel and an AMD machine, and between a map resized alone and in a batch.
 
     Args:
         images: (B, h, w, C) float32.
@@ -166,7 +183,5 @@ def area_resize(images, size):
         channels = images.shape[3] if images.shape[3] is not None else dynamic[3]
         blocks = tf.reshape(images, [-1, h_out, fh, w_out, fw, channels])
         return tf.reduce_mean(blocks, axis=[2, 4])
-    rows = _overlap_matrix(h_in, h_out)
-    cols = _overlap_matrix(w_in, w_out)
-    out = tf.einsum("oh,bhwc->bowc", rows, images)
-    return tf.einsum("pw,bowc->bopc", cols, out)
+    rows = _resize_axis(images, 1, h_in, h_out)
+    return _resize_axis(rows, 2, w_in, w_out)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdepth.ops import masked_resize, valid_mask
+from kdepth.ops import area_resize, masked_resize, valid_mask
 
 
 def overlap_weights(n_in, n_out):
@@ -168,3 +168,14 @@ def test_valid_mask():
         valid_mask(depth, min_depth=1e-3, max_depth=10.0, dtype=tf.float32).numpy(),
         [0, 0, 0, 0, 0, 0, 1, 1, 0, 0],
     )
+
+
+def test_area_resize_has_no_op_whose_kernel_depends_on_the_cpu():
+    # oneDNN and Eigen pick matrix-product and convolution kernels by CPU and by size: a resize
+    # built on them gave other last bits on an Intel than on an AMD machine, and for a map
+    # resized alone than in a batch (the tests above), which moved the pinned batches.
+    graph = tf.function(lambda x: area_resize(x, (17, 23))).get_concrete_function(
+        tf.TensorSpec((None, 48, 72, 1), tf.float32)).graph
+    ops = {op.type for op in graph.get_operations()}
+    assert "GatherV2" in ops and "Sum" in ops
+    assert not ops & {"MatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum", "Conv2D"}, ops
