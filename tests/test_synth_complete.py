@@ -39,7 +39,11 @@ def _start_and_kill(out, args, min_files=60, timeout=60, sig=signal.SIGKILL):
     """Starts `kdepth data synth`, sends it `sig` once `min_files` training RGB files exist and
     returns (exit code, stderr)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "kdepth.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell without job control starts background commands with SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler: give the child the default disposition, as a
+    # terminal would, or a suite run in the background sees a synth that ignores Ctrl-C.
+    proc = subprocess.Popen([sys.executable, "-m", "kdepth.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     rgb_dir, deadline = out / "train" / "rgb", time.monotonic() + timeout
     try:
         while not (rgb_dir.is_dir() and len(os.listdir(rgb_dir)) >= min_files):
