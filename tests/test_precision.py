@@ -6,6 +6,8 @@ import pytest
 import tensorflow as tf
 
 from kdepth.models import dtype_policy, float32_copy
+from kdepth.training import fit as fit_module
+from kdepth.training.precision import cpu_flags, slow_precision_warning
 from kdepth.training.stages import build_trainer
 
 FLIPS = 'data.flip_group=["identity", "lr"]'
@@ -71,6 +73,50 @@ def test_an_overflowing_step_is_skipped_counted_and_lowers_the_loss_scale(tiny_c
     assert int(optimizer.iterations.numpy()) == iterations
     for b, w in zip(before, trainer.trainable_weights, strict=True):
         np.testing.assert_array_equal(b, w.numpy())
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: other\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert cpu_flags(x86) == {"fpu", "sse2", "avx2", "fma"}
+    assert cpu_flags(arm) is None and cpu_flags(tmp_path / "absent") is None
+
+
+@pytest.mark.parametrize(
+    ("precision", "has_gpu", "flags", "warns"),
+    [
+        ("float32", False, {"avx2"}, None),
+        ("mixed_float16", False, {"avx512_bf16"}, "no fast float16 kernels"),
+        ("mixed_float16", True, set(), None),
+        ("mixed_bfloat16", False, {"avx2", "fma"}, "none of ['avx512_bf16', 'amx_bf16']"),
+        ("mixed_bfloat16", False, {"avx2", "amx_bf16"}, None),
+        ("mixed_bfloat16", False, None, None),  # unknown CPU: nothing to say
+        ("mixed_bfloat16", True, {"avx2"}, None),
+    ],
+)
+def test_a_precision_slower_than_float32_here_is_named_with_the_fix(precision, has_gpu, flags, warns):
+    warning = slow_precision_warning(precision, has_gpu, flags)
+    if warns is None:
+        assert warning is None
+    else:
+        assert warns in warning and "train.precision=float32" in warning
+
+
+def test_fit_warns_before_building_in_an_emulated_precision(tiny_config, monkeypatch):
+    class Built(Exception):
+        pass
+
+    def build_trainer_stub(*args, **kwargs):
+        raise Built  # the warning must be out before the (slow) build and training
+
+    monkeypatch.setattr(fit_module, "cpu_flags", lambda: {"sse2", "avx2"})
+    monkeypatch.setattr(fit_module, "build_trainer", build_trainer_stub)
+    lines = []
+    with pytest.raises(Built):
+        fit_module.fit(tiny_config("bf16", "train.precision=mixed_bfloat16"), echo=lines.append)
+    assert any("mixed_bfloat16, but this CPU has none of" in line for line in lines)
 
 
 def test_a_mixed_float16_network_is_exported_in_float32(tiny_network):

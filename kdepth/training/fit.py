@@ -25,6 +25,7 @@ from kdepth.models import check_network_size, dtype_policy
 from kdepth.paths import MODEL_FILE
 from kdepth.training import callbacks as cb
 from kdepth.training import checkpoints, distribute
+from kdepth.training.precision import cpu_flags, slow_precision_warning
 from kdepth.training.stage_guard import StageClaim
 from kdepth.training.stages import build_trainer, scales_for_stage
 
@@ -244,6 +245,9 @@ def _open_data(run):
 
 
 def _build(run):
+    warning = slow_precision_warning(run.config.train.precision, bool(tf.config.list_physical_devices("GPU")), cpu_flags())
+    if warning:
+        run.echo(warning)
     with run.dist.strategy.scope():  # model, optimizer and compile under the strategy
         run.parts = build_trainer(run.config, run.stage, init_path=run.init_path)
     run.echo(run.parts.load_message)
