@@ -145,7 +145,7 @@ def _resize_axis(images, axis, n_in, n_out):
     """Area resize of `images` along `axis` (1: height, 2: width) as a weighted sum of gathered taps."""
     index, weight = _footprints(n_in, n_out)
     taps = tf.gather(images, index, axis=axis)  # the tap axis follows `axis`
-    weight = tf.reshape(weight, tf.concat([tf.shape(weight), tf.ones([3 - axis], tf.int32)], axis=0))
+    weight = weight[(...,) + (None,) * (3 - axis)]  # broadcast over the axes after the taps
     return tf.reduce_sum(taps * weight, axis=axis + 1)
 
 
