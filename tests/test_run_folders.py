@@ -44,7 +44,7 @@ def _run(command, timeout=300):
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_env())
 
 
-def test_a_second_fit_of_a_stage_in_training_is_refused_and_the_first_finishes(tmp_path):
+def test_a_second_fit_of_a_stage_in_training_is_refused_and_the_first_goes_on(tmp_path):
     out = tmp_path / "runs" / "same" / "stage1"
     first = _start(_fit(tmp_path, "train.steps_per_epoch=300"))
     _wait_for(out / LOCK_NAME, first)
@@ -54,9 +54,13 @@ def test_a_second_fit_of_a_stage_in_training_is_refused_and_the_first_finishes(t
     assert f"{out} is being trained by process {first.pid} on " in second.stderr
     assert "(kdepth fit --stage 1 --set" in second.stderr and "Wait for it, or use --name NEW." in second.stderr
     assert first.poll() is None, "the refused fit must not outlive the first"
-    _, err = first.communicate(timeout=600)
-    assert first.returncode == 0, err
-    assert (out / "summary.json").exists() and not (out / LOCK_NAME).exists()
+    # Training the first to its end would only repeat what the other fit tests show (and took
+    # 150 s); stopping it as a user would shows it still holds its lock and gives it back.
+    assert (out / LOCK_NAME).exists()
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 128 + signal.SIGTERM, err
+    assert not (out / LOCK_NAME).exists()
 
 
 def test_a_finished_stage_is_not_overwritten_and_overwrite_replaces_it(tmp_path):
@@ -81,9 +85,9 @@ def test_a_finished_stage_is_not_overwritten_and_overwrite_replaces_it(tmp_path)
 
 def test_the_lock_of_a_killed_fit_is_taken_over_and_the_stage_resumes(tmp_path):
     out = tmp_path / "runs" / "same" / "stage1"
-    # A backup every 20 batches, not 2: the resumed run trains the other ~380 batches, and 190
-    # backups of the full state took it to 530 s of its 600 s on a quiet 2-core machine.
-    sets = ("train.steps_per_epoch=400", "train.backup_every=20")
+    # The fit is killed within a poll (20 ms) of its first backup at batch 20, so 40 batches
+    # leave it alive then and the resumed run only the other 20 (400 took 170 s).
+    sets = ("train.steps_per_epoch=40", "train.backup_every=20")
     killed = _start(_fit(tmp_path, *sets))
     _wait_for(out / "backup" / "state.json", killed)
     killed.send_signal(signal.SIGKILL)
