@@ -64,7 +64,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "model": {
         # min 32: VGG16's five 2x2 pools need 32 pixels a side (models.depth_network.MIN_INPUT).
-        "input_size": Key([48, 64], "size", "[H, W] of the RGB input (paper: [232, 310] or [228, 304])", min=32),
+        "input_size": Key([32, 48], "size", "[H, W] of the RGB input (paper: [232, 310] or [228, 304])", min=32),
         "scales": Key(3, "int", "number of scales built (1 = VGG + dense only, 2, 3)", min=1, max=3),
         "skips": Key(True, "bool", "skip layers 1.1 (block3_pool) and 1.2 (block4_pool) into scale 2"),
         "backbone": Key("vgg16", "str", "feature extractor of scale 1 and the skip layers (mobilenet_v2: sides multiple of 32)", ("vgg16", "mobilenet_v2")),
@@ -75,7 +75,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "width": Key(64, "int", "channels of the scale-2/3 and skip convolutions (first image-branch conv: 1.5x)", min=2),
         "kernel_size": Key(0, "int", "kernel of the scale-2/3 and skip convolutions; 0 = the paper's 9 and 5 (3 for devices)", min=0),
         "separable": Key(False, "bool", "depthwise-separable convolutions in scales 2, 3 and the skips (for devices)"),
-        "skip_norm": Key("none", "str", "normalisation of each skip branch's input: none, or layer (LayerNormalization over channels; keeps the skip convolutions alive)", ("none", "layer")),
+        "skip_norm": Key("layer", "str", "normalisation of each skip branch's input: none, or layer (LayerNormalization over channels; keeps the skip convolutions alive)", ("none", "layer")),
         "coarse_hidden": Key(4200, "int", "width of the first dense layer of scale 1 (layer 1.6)", min=1),
         "dropout": Key(0.5, "float", "dropout rate around the dense layers of scale 1", min=0.0, max=0.99),
         "conv_init": Key("he_normal", "str", "initialiser of the non-VGG convolutions", ("he_normal", "glorot_uniform")),
