@@ -95,6 +95,7 @@ def child(spec):
     import numpy as np
     import tensorflow as tf
 
+    import kdepth  # noqa: F401  first: it sets TensorFlow's allocator before TensorFlow starts
     from kdepth.config import load_config
     from kdepth.models import dtype_policy
     from kdepth.training.stages import build_trainer

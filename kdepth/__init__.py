@@ -11,8 +11,12 @@ The public Python API:
 start TensorFlow.
 """
 
-from kdepth.evaluation import evaluate
-from kdepth.inference import load_depth_model as load
+from kdepth.allocator import prefer_system_allocator
+
+prefer_system_allocator()  # before anything starts TensorFlow: see kdepth.allocator
+
+from kdepth.evaluation import evaluate  # noqa: E402
+from kdepth.inference import load_depth_model as load  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["DepthNetwork", "evaluate", "load"]

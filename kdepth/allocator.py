@@ -1,6 +1,15 @@
-"""How the process's C allocator hands freed memory back to the system.
+"""How the process's allocators hand freed memory back to the system.
 
-TensorFlow's CPU tensors come from the C library's malloc. glibc's malloc serves a block from
+With oneDNN on (TensorFlow's default on x86), TensorFlow's CPU tensors of 256 KiB and more come
+from oneDNN's caching allocator (`MklCPUAllocator`, a BFC pool): it never gives a page back and
+fragments, so a process keeps the most it ever held plus the gaps. Stage 1 at 232x310 held 1.2
+GB after building the network whose weights are 0.69 GB, and peaked at 6.87 GB in float32 and
+6.93 GB in mixed_bfloat16, against 6.38 and 5.69 GB with the system allocator
+(docs/performance.md). `prefer_system_allocator` (called when kdepth is imported) sets
+TensorFlow's `TF_ONEDNN_USE_SYSTEM_ALLOCATOR`, which sends those tensors to malloc; TensorFlow
+reads it when it starts, so it only takes effect if kdepth is imported first.
+
+Without that pool the tensors come from the C library's malloc. glibc's malloc serves a block from
 its heaps, and keeps the pages of freed blocks, unless the block is at least its mmap
 threshold, which starts at 128 KiB and rises (up to 32 MiB) each time a larger mmapped block is
 freed. A training step frees and re-allocates gigabytes of tensors of a few MiB each, so after
@@ -12,11 +21,48 @@ step time, docs/performance.md).
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 THRESHOLD_BYTES = 256 * 1024  # tensors' buffers are mostly far larger; Python's small objects stay in the heaps
 _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
+SYSTEM_ALLOCATOR_ENV = "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"
+
+# Whether the oneDNN pool was turned off before TensorFlow started (set by prefer_system_allocator).
+_system_allocator = None
+
+
+def prefer_system_allocator():
+    """Turns oneDNN's caching allocator off for this process unless the user chose a setting.
+
+    Sets `TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1` if it is unset. TensorFlow reads it when it starts,
+    so this must run before TensorFlow is imported; `import kdepth` does it.
+
+    Returns:
+        True if TensorFlow will use (or, already started, was started with) the system allocator.
+    """
+    global _system_allocator
+    if _system_allocator is None:
+        started = "tensorflow" in sys.modules
+        if not started:
+            os.environ.setdefault(SYSTEM_ALLOCATOR_ENV, "1")
+        _system_allocator = os.environ.get(SYSTEM_ALLOCATOR_ENV, "").strip().lower() in ("1", "true")
+    return _system_allocator
+
+
+def pool_warning():
+    """A warning when TensorFlow started before kdepth could turn oneDNN's pool off, else None.
+
+    None too when the user set `TF_ONEDNN_USE_SYSTEM_ALLOCATOR` themselves, either way.
+    """
+    if prefer_system_allocator() or SYSTEM_ALLOCATOR_ENV in os.environ:
+        return None
+    return (
+        "warning: TensorFlow was imported before kdepth, so oneDNN's caching allocator keeps every tensor "
+        "it frees: a training step then needs up to 1.2 GB more at 232x310 (docs/performance.md). Import kdepth "
+        f"before tensorflow, or set {SYSTEM_ALLOCATOR_ENV}=1 before the process starts."
+    )
 
 
 def return_freed_memory(threshold=THRESHOLD_BYTES):

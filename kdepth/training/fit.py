@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kdepth.allocator import pool_warning
 from kdepth.data.pipeline import dataset_from_config, resolve_cache, steps_per_epoch
 from kdepth.data.sources import open_source, resolve_splits
 from kdepth.errors import DataError, KdepthError
@@ -248,6 +249,8 @@ def _build(run):
     warning = slow_precision_warning(run.config.train.precision, bool(tf.config.list_physical_devices("GPU")), cpu_flags())
     if warning:
         run.echo(warning)
+    if run.config.train.release_memory and pool_warning():
+        run.echo(pool_warning())
     with run.dist.strategy.scope():  # model, optimizer and compile under the strategy
         run.parts = build_trainer(run.config, run.stage, init_path=run.init_path)
     run.echo(run.parts.load_message)
