@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from kdepth.allocator import return_freed_memory
-from kdepth.errors import KdepthError
+from kdepth.errors import ConfigError, KdepthError
 from kdepth.models import (
     GROUPS,
     DepthNetwork,
@@ -20,6 +20,7 @@ from kdepth.models import (
     load_keras_file,
     transfer_weights,
 )
+from kdepth.training.optimizers import InPlaceAdam
 from kdepth.training.trainer import DepthTrainer
 
 # Which parameter groups train in each stage.
@@ -67,10 +68,8 @@ def _group_optimizer(t, rate):
     kwargs = dict(learning_rate=rate, clipnorm=t.clipnorm or None)
     if t.optimizer == "sgd":
         opt = keras.optimizers.SGD(momentum=0.9, weight_decay=t.weight_decay or None, **kwargs)
-    elif t.optimizer == "adamw":
-        opt = keras.optimizers.AdamW(weight_decay=t.weight_decay, **kwargs)
-    else:
-        opt = keras.optimizers.Adam(weight_decay=t.weight_decay or None, **kwargs)
+    else:  # AdamW is Adam with decoupled weight decay, which InPlaceAdam does
+        opt = InPlaceAdam(weight_decay=t.weight_decay or None, **kwargs)
     if t.weight_decay:
         opt.exclude_from_weight_decay(var_names=["bias"])
     return opt
@@ -124,6 +123,16 @@ def _initial_weights(config, network, init, init_path):
     return f"loaded {copied} of {total} weighted layers from {init_path} (matched by layer name)"
 
 
+def recompute_layers(config, network):
+    """The layers `train.recompute` names: ["auto"] is the network's own `recompute_layers`."""
+    names = tuple(config.train.recompute)
+    if "auto" not in names:
+        return names
+    if names != ("auto",):
+        raise ConfigError(f"train.recompute={list(names)}: \"auto\" stands alone; give [\"auto\"], [] (none) or layer names.")
+    return network.recompute_layers
+
+
 def _make_trainer(config, network):
     loss = config.loss
     return DepthTrainer(
@@ -137,6 +146,7 @@ def _make_trainer(config, network):
         silog_lambda=loss.silog_lambda,
         grad_weight=loss.grad_weight,
         on_nan=config.train.on_nan,
+        recompute=recompute_layers(config, network),
     )
 
 
