@@ -119,6 +119,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key(0, "int", "seed for weights, dropout and data order", min=0),
         "steps_per_execution": Key(1, "int", "train steps per tf.function call", min=1),
         "jit_compile": Key(False, "bool", "compile the train step with XLA"),
+        "recompute": Key(["auto"], "str_list", "layers up to which the backward pass recomputes activations instead of keeping them: [\"auto\"] (the network's recompute_layers), [] (none) or layer names"),
         "release_memory": Key(True, "bool", "give freed blocks of 256 KiB and more back to the system at once (glibc; lowers peak memory)"),
         "strategy": Key("default", "str", "tf.distribute: default (one device), mirrored (this machine's devices), multiworker (TF_CONFIG)", ("default", "mirrored", "multiworker")),
         "devices": Key([], "str_list", "mirrored: devices to use, e.g. [\"GPU:0\", \"GPU:1\"]; [] = every GPU (or the CPU)"),

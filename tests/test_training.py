@@ -109,6 +109,71 @@ def test_trainer_loss_is_the_weighted_sum_of_its_terms(tmp_path):
     assert float(terms["set"]) > 0  # a trained network is not exactly flip-consistent
 
 
+def _loss_and_grads(trainer, images, target):
+    """(loss, gradients) of one training forward pass, and the number of forward convolutions run."""
+
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            total = trainer.compute_terms(target, trainer(images, training=True))[1]
+        return total, tape.gradient(total, trainer.trainable_variables)
+
+    graph = run.get_concrete_function().graph.as_graph_def()
+    nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+    return (*run(), sum(n.op == "Conv2D" for n in nodes))
+
+
+def test_recomputed_block1_gives_the_same_loss_and_gradients():
+    network = DepthNetwork(input_size=(32, 32), scales=3, coarse_hidden=32, dropout=0.0)
+    images, target = _batch(np.random.default_rng(3))
+    results = [
+        _loss_and_grads(DepthTrainer(network, flip_group=("identity", "lr"), set_weight=1.0, recompute=r), images, target)
+        for r in ((), network.recompute_layers)
+    ]
+    assert network.recompute_layers == ("block1_pool", "scale2_pool1", "scale3_pool1")
+    (loss, grads, convs), (loss_r, grads_r, convs_r) = results
+    assert float(loss_r) == float(loss)
+    for g, g_r in zip(grads, grads_r, strict=True):
+        np.testing.assert_allclose(g_r.numpy(), g.numpy(), rtol=1e-6, atol=1e-7)
+    assert convs_r == convs + 4  # block1_conv1, block1_conv2, scale2_conv1, scale3_conv1 run again
+
+
+@pytest.mark.parametrize(
+    "layer, message",
+    [
+        (["block9_pool"], "are not layers of the network"),
+        (["block4_pool"], "also feed the outputs another way"),
+        (["block1_pool", "block2_pool"], "also feed the outputs another way"),  # block 1 before both
+    ],
+)
+def test_recompute_needs_a_layer_that_cuts_the_network(layer, message):
+    network = DepthNetwork(input_size=(32, 32), scales=2, coarse_hidden=32)
+    with pytest.raises(KdepthError, match=message):
+        DepthTrainer(network, recompute=layer)
+
+
+@pytest.mark.parametrize("backbone, value, expected", [
+    ("vgg16", '["auto"]', ("block1_pool", "scale2_pool1")),
+    ("mobilenet_v2", '["auto"]', ("scale2_pool1",)),
+    ("vgg16", "[]", ()),
+    ("vgg16", '["block2_pool"]', ("block2_pool",)),
+])
+def test_train_recompute_resolves_per_network(tmp_path, tiny_network, backbone, value, expected):
+    from kdepth.training.stages import recompute_layers
+
+    config = tiny_config(tmp_path, f"model.backbone={backbone}", f"train.recompute={value}")
+    network = tiny_network(scales=2, backbone=backbone)
+    assert recompute_layers(config, network) == expected
+    DepthTrainer(network, recompute=expected)  # each is a valid cut
+
+
+def test_train_recompute_auto_stands_alone(tmp_path, tiny_network):
+    from kdepth.training.stages import recompute_layers
+
+    with pytest.raises(KdepthError, match="stands alone"):
+        recompute_layers(tiny_config(tmp_path, 'train.recompute=["auto", "block1_pool"]'), tiny_network(scales=2))
+
+
 def test_transfer_weights_matches_by_name():
     small = DepthNetwork(input_size=(32, 32), scales=2, coarse_hidden=32)
     big = DepthNetwork(input_size=(32, 32), scales=3, coarse_hidden=32)

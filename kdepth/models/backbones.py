@@ -49,6 +49,8 @@ class BackboneSpec:
         alphas: width multipliers the backbone accepts; () = it has none (only 1.0).
         imagenet_alphas: width multipliers that have ImageNet weights.
         side_multiple: input height and width must be multiples of this.
+        recompute: the layer up to which a training step recomputes activations instead of keeping
+            them when `train.recompute = "auto"` (`kdepth.training.trainer.DepthTrainer`); None = none.
 
     `weights_file` and `weights_url` may hold "{alpha}", filled in by `file_for` / `url_for`.
     """
@@ -65,6 +67,7 @@ class BackboneSpec:
     alphas: tuple = ()
     imagenet_alphas: tuple = ()
     side_multiple: int = 1
+    recompute: str | None = None
 
     def _options(self, alpha):
         return {"alpha": float(alpha)} if self.alphas else {}
@@ -111,6 +114,9 @@ VGG16 = BackboneSpec(
     weights_url="https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" + _VGG_NOTOP_FILE,
     weights_md5="6d6bbae143d832006294945121d1f1fc",
     layer_prefixes=("block",),
+    # Block 1's two full-resolution convolutions keep 32% of the network's float32 activations
+    # for 3.4% of a train step's arithmetic (docs/performance.md).
+    recompute="block1_pool",
 )
 
 _MOBILENET_V2_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_224_no_top.h5"

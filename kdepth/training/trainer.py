@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from kdepth import flips
 from kdepth.config import choices
+from kdepth.errors import ConfigError
 from kdepth.losses import GradientMatchingLoss, MaskedMSE, ScaleInvariantLoss, SetLoss
 from kdepth.metrics import logged_metrics
 from kdepth.models import SCALE_NAMES
@@ -17,6 +18,32 @@ from kdepth.ops import masked_resize
 from kdepth.training.distribute import all_reduce_and_clip, logs_for_keras
 
 ON_NAN = choices("train", "on_nan")  # what a non-finite loss does: stop training, or skip the batch's update
+
+
+def _split_at(network, names):
+    """(fronts, rest): sub-models of `network` sharing its layers, cut at the layers `names`.
+
+    Each front maps the image to one named layer's output; `rest` maps (image, those outputs)
+    to the outputs. Raises ConfigError (a ValueError) if a name is not a layer, or if a weighted
+    layer before a cut also reaches the outputs another way or lies before two cuts (it would
+    then run twice).
+    """
+    known = [layer.name for layer in network.layers]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(f"recompute (train.recompute) = {unknown} are not layers of the network; its layers are {known}.")
+    cuts = [network.get_layer(name).output for name in names]
+    fronts = [keras.Model(network.input, cut, name=f"{network.name}_to_{name}") for name, cut in zip(names, cuts, strict=True)]
+    rest = keras.Model([network.input, *cuts], network.output, name=f"{network.name}_after_recomputed")
+    for i, (name, front) in enumerate(zip(names, fronts, strict=True)):
+        others = [rest, *fronts[:i], *fronts[i + 1 :]]
+        twice = [layer.name for layer in front.layers if layer.weights and any(layer in o.layers for o in others)]
+        if twice:
+            raise ConfigError(
+                f"recompute (train.recompute) = {name!r}: the layers {twice} before it also feed the outputs another way, "
+                "so they would run twice. Choose layers whose output is the only path from the layers before them to the outputs."
+            )
+    return fronts, rest
 
 
 def _replicas():
@@ -51,6 +78,10 @@ class DepthTrainer(keras.Model):
         on_nan: a batch with a non-finite loss or gradient never updates the weights;
             "stop" logs its loss so `callbacks.NonFiniteGuard` stops training, "skip-batch"
             skips it and goes on (`skipped_batches` counts them).
+        recompute: names of network layers whose output is the only way the layers before
+            them reach the outputs (`network.recompute_layers`, e.g. VGG16's "block1_pool"): in
+            training, the forward pass up to each is run again in the backward pass instead of
+            keeping its activations. The same gradients, less memory, more compute. () = none.
     """
 
     def __init__(
@@ -65,6 +96,7 @@ class DepthTrainer(keras.Model):
         silog_lambda=0.5,
         grad_weight=0.0,
         on_nan="stop",
+        recompute=(),
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -72,6 +104,8 @@ class DepthTrainer(keras.Model):
             raise ValueError(f"on_nan received {on_nan!r}; allowed: {list(ON_NAN)}.")
         self.on_nan = on_nan
         self.network = network
+        self.recompute = (recompute,) if isinstance(recompute, str) else tuple(recompute or ())
+        self._split = _split_at(network, self.recompute) if self.recompute else None
         self.flip_group = flips.validate_group(flip_group)
         built = network.scale_names
         self.final_scale = network.final_scale
@@ -109,9 +143,16 @@ class DepthTrainer(keras.Model):
         if len(images.shape) == 5:
             shape = tf.shape(images)
             folded = tf.reshape(images, tf.concat([[-1], shape[2:]], axis=0))
-            out = self.network(folded, training=training)
+            out = self._run_network(folded, training)
             return {k: tf.reshape(v, tf.concat([shape[:2], tf.shape(v)[1:]], axis=0)) for k, v in out.items()}
-        return self.network(images, training=training)
+        return self._run_network(images, training)
+
+    def _run_network(self, images, training):
+        if self._split is None or not training:
+            return self.network(images, training=training)
+        fronts, rest = self._split
+        cuts = [tf.recompute_grad(lambda x, front=front: front(x, training=True))(images) for front in fronts]
+        return rest([images, *cuts], training=True)
 
     def _fold(self, x):
         """(B, G, h, w, C) -> (B*G, h, w, C)."""
@@ -289,6 +330,7 @@ class DepthTrainer(keras.Model):
                 "silog_lambda": self.silog_lambda,
                 "grad_weight": self.grad_weight,
                 "on_nan": self.on_nan,
+                "recompute": list(self.recompute),
             }
         )
         return config
