@@ -50,7 +50,7 @@ class BackboneSpec:
         imagenet_alphas: width multipliers that have ImageNet weights.
         side_multiple: input height and width must be multiples of this.
         recompute: the layer up to which a training step recomputes activations instead of keeping
-            them when `train.recompute = "auto"` (`kdepth.training.trainer.DepthTrainer`); None = none.
+            them under `train.recompute = ["auto"]` (`DepthNetwork.recompute_layers`); None = none.
 
     `weights_file` and `weights_url` may hold "{alpha}", filled in by `file_for` / `url_for`.
     """

@@ -249,8 +249,9 @@ def _build(run):
     warning = slow_precision_warning(run.config.train.precision, bool(tf.config.list_physical_devices("GPU")), cpu_flags())
     if warning:
         run.echo(warning)
-    if run.config.train.release_memory and pool_warning():
-        run.echo(pool_warning())
+    pool = pool_warning() if run.config.train.release_memory else None
+    if pool:
+        run.echo(pool)
     with run.dist.strategy.scope():  # model, optimizer and compile under the strategy
         run.parts = build_trainer(run.config, run.stage, init_path=run.init_path)
     run.echo(run.parts.load_message)
