@@ -18,6 +18,8 @@ and runs train steps on random in-memory tensors. The child reports
   visible only before a bigger one runs), so the table shows which phase sets the peak;
 - the step time (median of the steps after the first).
 
+`--variant 'NAME;KEY=VALUE;env:K=V'` adds this code run with config overrides and environment
+variables, interleaved the same way, so the cost of each setting is measured apart.
 `--code NAME=DIR` adds the same configurations run with another copy of kdepth on PYTHONPATH
 (for example `git archive main | tar -x -C /tmp/kdepth_main`), interleaved round by round with
 this one, so old and new are measured side by side. Results: benchmarks/results/memory.json and
@@ -91,11 +93,13 @@ def account(trainer, network, images_per_step, precision):
 def child(spec):
     """Runs one configuration in this (fresh) process and prints its result as one tagged line."""
     after_import_start = rss()
+    # isort: off
+    import kdepth  # noqa: F401  first: it sets TensorFlow's allocator before TensorFlow starts
     import keras
     import numpy as np
     import tensorflow as tf
+    # isort: on
 
-    import kdepth  # noqa: F401  first: it sets TensorFlow's allocator before TensorFlow starts
     from kdepth.config import load_config
     from kdepth.models import dtype_policy
     from kdepth.training.stages import build_trainer
@@ -106,7 +110,9 @@ def child(spec):
             f"train.batch_size={batch}", f"train.precision={spec['precision']}",
             "data.flip_group=[" + ", ".join(f'"{f}"' for f in group) + "]", *spec.get("sets", [])]
     config = load_config([], sets)
-    figures = {"rss_python_start": after_import_start, "rss_after_import": rss()}
+    figures = {"rss_python_start": after_import_start, "rss_after_import": rss(),
+               # What TensorFlow read when it started (older copies of kdepth did not set it).
+               "system_allocator": os.environ.get("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "").lower() in ("1", "true")}
     with dtype_policy(config.train.precision):
         keras.utils.set_random_seed(0)
         parts = build_trainer(config, 1)
@@ -180,23 +186,35 @@ def gb(n):
     return round(n / 1e9, 2)
 
 
+def _allocator(figures):
+    """Which allocator served TensorFlow's CPU tensors (older copies of kdepth do not say)."""
+    return {True: "system", False: "oneDNN pool"}.get(figures.get("system_allocator"), "?")  # "?": older results
+
+
 def table(rows):
-    head = ("| code | precision | peak RSS GB (step) | forward | fwd+bwd | after build | after slots | "
+    head = ("| code | precision | allocator | peak RSS GB (step) | forward | fwd+bwd | after build | after slots | "
             "step s | weights | slots | grads | compute copies | activations (bound) |")
     # Peaks are cumulative: forward, then forward + backward, then the train steps.
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         f = r["figures"]
         if "failed" in f:
-            lines.append(f"| {r['code']} | {r['precision']} | failed: {f['failed'][:120]} |" + " |" * 10)
+            lines.append(f"| {r['code']} | {r['precision']} | failed: {f['failed'][:120]} |" + " |" * 11)
             continue
         lines.append(
-            f"| {r['code']} | {r['precision']} | **{gb(f['peak_step'])}** | {gb(f['peak_forward'])} | "
+            f"| {r['code']} | {r['precision']} | {_allocator(f)} | **{gb(f['peak_step'])}** | {gb(f['peak_forward'])} | "
             f"{gb(f['peak_forward_backward'])} | {gb(f['rss_after_build'])} | {gb(f['rss_after_slots'])} | "
             f"{f['step_median']:.2f} | {gb(f['weights'])} | {gb(f['optimizer_slots'])} | {gb(f['gradients'])} | "
             f"{gb(f['compute_copies'])} | {gb(f['activations_upper_bound'])} |"
         )
     return "\n".join(lines)
+
+
+def _variant(text):
+    """'NAME;train.recompute=[];env:K=V' -> (NAME, this code, config overrides, environment)."""
+    name, *items = text.split(";")
+    env = [item[len("env:"):] for item in items if item.startswith("env:")]
+    return name, HERE, [item for item in items if not item.startswith("env:")], env
 
 
 def main(argv=None):
@@ -210,24 +228,27 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], help="a config override for every child")
     parser.add_argument("--code", action="append", default=[], help="NAME=DIR: also run with this kdepth copy")
     parser.add_argument("--env", action="append", default=[], help="K=V: an environment variable for every child")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="'NAME;KEY=VALUE;env:K=V...': also run this code with these overrides")
     parser.add_argument("--name", default="memory")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(json.loads(args.child))
     h, w = (int(x) for x in args.size.split("x"))
-    codes = [("this", HERE)] + [tuple(c.split("=", 1)) for c in args.code]
+    codes = [("this", HERE, [], [])] + [(*c.split("=", 1), [], []) for c in args.code]
+    codes += [_variant(v) for v in args.variant]
     rows = []
     for round_ in range(args.rounds):
         for precision in args.precisions:
-            for name, code_dir in codes:
+            for name, code_dir, sets, env in codes:
                 spec = {"size": [h, w], "batch": args.batch, "group": args.group, "precision": precision,
-                        "steps": args.steps, "sets": args.set, "env": args.env}
+                        "steps": args.steps, "sets": [*args.set, *sets], "env": [*args.env, *env]}
                 figures = run(spec, code_dir)
                 print(f"round {round_} {name} {precision}: " + json.dumps(figures)[:400], flush=True)
                 rows.append({"round": round_, "code": name, "precision": precision, "spec": spec, "figures": figures})
     meta = {"size": [h, w], "batch": args.batch, "group": args.group, "steps": args.steps, "sets": args.set, "env": args.env,
-            "codes": {n: str(d) for n, d in codes}, "load_average": os.getloadavg()}
+            "codes": {n: [str(d), *sets, *env] for n, d, sets, env in codes}, "load_average": os.getloadavg()}
     write_results(args.name, meta, rows, table(rows))
 
 
