@@ -29,6 +29,7 @@ memory.md.
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -157,12 +158,18 @@ def _phases(trainer, images, target, steps):
     for name, fn in (("forward", forward), ("forward_backward", backward)):
         fn()
         out[f"peak_{name}"] = peak()
-    times = []
+    times, faults, system = [], [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         trainer.train_on_batch(images, target)
         times.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        faults.append(after.ru_minflt - before.ru_minflt)
+        system.append(after.ru_stime - before.ru_stime)
     out["peak_step"] = peak()
+    # Page faults and kernel CPU time per step: what handing memory back and forth costs.
+    out["step_page_faults_median"] = statistics.median(faults[1:] or faults)
+    out["step_system_seconds_median"] = statistics.median(system[1:] or system)
     out["rss_after_steps"] = rss()
     out["step_seconds"] = [round(t, 3) for t in times]
     out["step_median"] = statistics.median(times[1:]) if len(times) > 1 else times[0]
@@ -191,20 +198,26 @@ def _allocator(figures):
     return {True: "system", False: "oneDNN pool"}.get(figures.get("system_allocator"), "?")  # "?": older results
 
 
+def _get(figures, key, fmt):
+    return fmt.format(figures[key]) if key in figures else "?"  # "?": older results
+
+
 def table(rows):
     head = ("| code | precision | allocator | peak RSS GB (step) | forward | fwd+bwd | after build | after slots | "
-            "step s | weights | slots | grads | compute copies | activations (bound) |")
+            "step s | page faults / step | kernel CPU s / step | weights | slots | grads | compute copies | "
+            "activations (bound) |")
     # Peaks are cumulative: forward, then forward + backward, then the train steps.
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
         f = r["figures"]
         if "failed" in f:
-            lines.append(f"| {r['code']} | {r['precision']} | failed: {f['failed'][:120]} |" + " |" * 11)
+            lines.append(f"| {r['code']} | {r['precision']} | failed: {f['failed'][:120]} |" + " |" * 13)
             continue
         lines.append(
             f"| {r['code']} | {r['precision']} | {_allocator(f)} | **{gb(f['peak_step'])}** | {gb(f['peak_forward'])} | "
             f"{gb(f['peak_forward_backward'])} | {gb(f['rss_after_build'])} | {gb(f['rss_after_slots'])} | "
-            f"{f['step_median']:.2f} | {gb(f['weights'])} | {gb(f['optimizer_slots'])} | {gb(f['gradients'])} | "
+            f"{f['step_median']:.2f} | {_get(f, 'step_page_faults_median', '{:.0f}')} | "
+            f"{_get(f, 'step_system_seconds_median', '{:.2f}')} | {gb(f['weights'])} | {gb(f['optimizer_slots'])} | {gb(f['gradients'])} | "
             f"{gb(f['compute_copies'])} | {gb(f['activations_upper_bound'])} |"
         )
     return "\n".join(lines)
