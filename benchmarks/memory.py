@@ -3,6 +3,7 @@
     python benchmarks/memory.py                          # 232x310, batch 8 x (identity, lr, ud), stage 1
     python benchmarks/memory.py --precisions float32 --rounds 2 --code main=/tmp/kdepth_main
     python benchmarks/memory.py --size 480x640 --batch 1 --precisions float32
+    python benchmarks/memory.py --variant 'pool;env:TF_ONEDNN_USE_SYSTEM_ALLOCATOR=0'
 
 Every configuration runs in a fresh Python process (one at a time: a 232x310 point needs ~5-7 GB),
 which builds the stage-1 trainer exactly as `kdepth fit` does (`kdepth.training.stages.build_trainer`)
@@ -16,7 +17,8 @@ and runs train steps on random in-memory tensors. The child reports
   the peak (VmHWM) so far after the forward pass, after forward + backward and after the
   train steps (run in that order: freed memory stays with the process, so each phase's peak is
   visible only before a bigger one runs), so the table shows which phase sets the peak;
-- the step time (median of the steps after the first).
+- the step time, its minor page faults and its kernel CPU time (medians of the steps after the
+  first): an allocator that hands pages back makes the kernel fault in and zero them again.
 
 `--variant 'NAME;KEY=VALUE;env:K=V'` adds this code run with config overrides and environment
 variables, interleaved the same way, so the cost of each setting is measured apart.
