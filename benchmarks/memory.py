@@ -134,6 +134,11 @@ def child(spec):
     print(CHILD_TAG + json.dumps(figures), flush=True)
 
 
+def _median_after_first(values):
+    """The median of the steps after the first (which traces the step), or the one step there is."""
+    return statistics.median(values[1:] or values)
+
+
 def _phases(trainer, images, target, steps):
     """Peak RSS after the forward pass, after forward + backward and after whole train steps.
 
@@ -170,11 +175,11 @@ def _phases(trainer, images, target, steps):
         system.append(after.ru_stime - before.ru_stime)
     out["peak_step"] = peak()
     # Page faults and kernel CPU time per step: what handing memory back and forth costs.
-    out["step_page_faults_median"] = statistics.median(faults[1:] or faults)
-    out["step_system_seconds_median"] = statistics.median(system[1:] or system)
+    out["step_page_faults_median"] = _median_after_first(faults)
+    out["step_system_seconds_median"] = _median_after_first(system)
     out["rss_after_steps"] = rss()
     out["step_seconds"] = [round(t, 3) for t in times]
-    out["step_median"] = statistics.median(times[1:]) if len(times) > 1 else times[0]
+    out["step_median"] = _median_after_first(times)
     return out
 
 
@@ -196,8 +201,8 @@ def gb(n):
 
 
 def _allocator(figures):
-    """Which allocator served TensorFlow's CPU tensors (older copies of kdepth do not say)."""
-    return {True: "system", False: "oneDNN pool"}.get(figures.get("system_allocator"), "?")  # "?": older results
+    """Which allocator served TensorFlow's CPU tensors ("?" in results of older benchmarks)."""
+    return {True: "system", False: "oneDNN pool"}.get(figures.get("system_allocator"), "?")
 
 
 def _get(figures, key, fmt):
