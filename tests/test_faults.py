@@ -76,6 +76,7 @@ def small_model():
 # ---------------------------------------------------------------------------------- kill and resume
 
 
+@pytest.mark.slow  # ~50 s: three fits
 def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
     """A run that dies mid-epoch and is started again ends with the uninterrupted run's weights.
 

@@ -53,6 +53,7 @@ def _loss_and_grads(trainer):
     return run
 
 
+@pytest.mark.slow  # ~45 s: XLA compiles the gradient function and then the whole train step
 def test_jit_compiled_train_step_matches_the_uncompiled_one(tiny_config):
     config = tiny_config(
         "xla", "model.dropout=0.0", "data.flip_group=[\"identity\", \"lr\", \"ud\"]",
