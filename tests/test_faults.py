@@ -76,12 +76,12 @@ def small_model():
 # ---------------------------------------------------------------------------------- kill and resume
 
 
-@pytest.mark.slow  # ~50 s: three fits
+@pytest.mark.slow  # ~50 s: an uninterrupted fit and a resumed one
 def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
     """A run that dies mid-epoch and is started again ends with the uninterrupted run's weights.
 
     The run folder is copied right after the backup in the middle of epoch 2: that copy is what
-    a crash at that moment leaves behind (the real SIGKILL is the slow test below).
+    a crash at that moment leaves behind (the real SIGKILL is the test below).
     """
     settings = ("train.epochs=2", "train.steps_per_epoch=3", "train.backup_every=2")
     runs = tmp_path / "runs"
