@@ -69,6 +69,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "skips": Key(True, "bool", "skip layers 1.1 (block3_pool) and 1.2 (block4_pool) into scale 2"),
         "backbone": Key("vgg16", "str", "feature extractor of scale 1 and the skip layers (mobilenet_v2: sides multiple of 32)", ("vgg16", "mobilenet_v2")),
         "backbone_alpha": Key(1.0, "float", "width multiplier of mobilenet_v2 (1.0 for vgg16)", min=0.1, max=1.4),
+        "bn_momentum": Key(0.0, "float", "momentum of the backbone's BatchNorm moving statistics; 0 = its own (mobilenet_v2: 0.999; vgg16 has none)", min=0.0, max=0.9999),
         "backbone_weights": Key("auto", "str", "backbone weights: auto, imagenet, none, or a path to a .h5 file"),
         "output": Key("log", "str", "depth head: log (exp of a linear output) or softplus, neither has a dead zone; relu is the poster's legacy head (it can collapse to 0)", ("log", "softplus", "relu")),
         "coarse": Key("dense", "str", "scale-1 head: dense (paper) or compact (1x1 conv to 64 channels first, for devices)", ("dense", "compact")),

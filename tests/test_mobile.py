@@ -97,6 +97,35 @@ def test_mobile_config_round_trip():
     assert "mobilenet_v2" in choices("model", "backbone")
 
 
+def _batch_norms(net):
+    return [layer for layer in net.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def test_bn_momentum_reaches_every_backbone_batch_norm_and_its_updates():
+    assert {layer.momentum for layer in _batch_norms(_mobile(scales=1))} == {0.999}  # 0: MobileNetV2's own
+    net = _mobile(scales=1, bn_momentum=0.9)
+    norms = _batch_norms(net)
+    assert len(norms) == 52 and {layer.momentum for layer in norms} == {0.9}
+    bn = net.get_layer("bn_Conv1")
+    x = np.random.default_rng(3).normal(2.0, 1.0, (4, 8, 8, bn.moving_mean.shape[0])).astype("float32")
+    bn(x, training=True)
+    # moving_mean starts at 0: one update leaves (1 - momentum) x the batch mean
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), 0.1 * x.mean(axis=(0, 1, 2)), rtol=1e-5)
+    again = DepthNetwork.from_config(net.get_config())
+    assert again.get_config()["bn_momentum"] == 0.9
+    assert {layer.momentum for layer in _batch_norms(again)} == {0.9}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"bn_momentum": 0.99}, "bn_momentum=0.99 is not valid for backbone 'vgg16': it has no BatchNormalization"),
+    ({"backbone": "mobilenet_v2", "backbone_alpha": 0.35, "bn_momentum": 1.0}, r"bn_momentum=1.0 .*allowed: 0 \(its own, 0.999\)"),
+    ({"backbone": "mobilenet_v2", "backbone_alpha": 0.35, "bn_momentum": True}, "bn_momentum=True is not valid"),
+])
+def test_bad_bn_momentum_is_a_config_error(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        DepthNetwork(input_size=(32, 32), coarse_hidden=16, **kwargs)
+
+
 def test_mobile_toml_builds_the_device_network():
     config = load_config([MOBILE_CONFIG])
     m = config.model

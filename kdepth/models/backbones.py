@@ -51,6 +51,8 @@ class BackboneSpec:
         side_multiple: input height and width must be multiples of this.
         recompute: the layer up to which a training step recomputes activations instead of keeping
             them under `train.recompute = ["auto"]` (`DepthNetwork.recompute_layers`); None = none.
+        bn_momentum: momentum of the backbone's BatchNormalization layers as `keras.applications`
+            builds them; None = it has none.
 
     `weights_file` and `weights_url` may hold "{alpha}", filled in by `file_for` / `url_for`.
     """
@@ -68,17 +70,46 @@ class BackboneSpec:
     imagenet_alphas: tuple = ()
     side_multiple: int = 1
     recompute: str | None = None
+    bn_momentum: float | None = None
 
     def _options(self, alpha):
         return {"alpha": float(alpha)} if self.alphas else {}
 
-    def build(self, tensor, alpha=1.0):
-        """The backbone built on `tensor` (the preprocessed image) with random weights."""
-        return self.application(include_top=False, weights=None, input_tensor=tensor, **self._options(alpha))
+    def build(self, tensor, alpha=1.0, bn_momentum=0.0):
+        """The backbone built on `tensor` (the preprocessed image) with random weights.
+
+        Args:
+            tensor: the preprocessed image tensor.
+            alpha: width multiplier (`check_alpha`).
+            bn_momentum: momentum of every BatchNormalization layer's moving statistics; 0 keeps
+                the backbone's own (`check_bn_momentum`).
+        """
+        model = self.application(include_top=False, weights=None, input_tensor=tensor, **self._options(alpha))
+        if bn_momentum:
+            for layer in model.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.momentum = float(bn_momentum)  # read at every call, so setting it after the build is enough
+        return model
 
     def reference(self, input_shape, weights, alpha=1.0):
         """A stand-alone copy of the backbone loading `weights` (a file path)."""
         return self.application(include_top=False, weights=weights, input_shape=input_shape, **self._options(alpha))
+
+    def check_bn_momentum(self, momentum):
+        """Raises ConfigError unless `momentum` is 0 (the backbone's own) or a momentum this backbone can use."""
+        ok = isinstance(momentum, numbers.Real) and not isinstance(momentum, bool)
+        if ok and momentum == 0.0:
+            return
+        if self.bn_momentum is None:
+            raise ConfigError(
+                f"model.bn_momentum={momentum!r} is not valid for backbone {self.name!r}: it has no BatchNormalization "
+                "layers. Leave model.bn_momentum at 0."
+            )
+        if not (ok and 0.0 < momentum < 1.0):
+            raise ConfigError(
+                f"model.bn_momentum={momentum!r} is not valid for backbone {self.name!r}; allowed: 0 (its own, "
+                f"{self.bn_momentum}) or a number in (0, 1), e.g. 0.99."
+            )
 
     def file_for(self, alpha=1.0):
         """File name of the ImageNet notop weights for width multiplier `alpha`."""
@@ -137,6 +168,7 @@ MOBILENET_V2 = BackboneSpec(
     alphas=(0.1, 1.4),
     imagenet_alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
     side_multiple=32,
+    bn_momentum=0.999,  # keras.applications.MobileNetV2's BatchNormalization(momentum=0.999)
 )
 
 BACKBONES = {spec.name: spec for spec in (VGG16, MOBILENET_V2)}

@@ -181,7 +181,7 @@ def check_backbone_input(input_size, backbone):
 
 
 def _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone, coarse="dense",
-                separable=False, backbone_alpha=1.0, width=64, kernel_size=0, skip_norm="none"):
+                separable=False, backbone_alpha=1.0, width=64, kernel_size=0, skip_norm="none", bn_momentum=0.0):
     if skip_norm not in SKIP_NORMS:
         raise ConfigError(f"model.skip_norm={skip_norm!r} is not valid; allowed: {list(SKIP_NORMS)}.")
     if scales not in (1, 2, 3) or isinstance(scales, bool):
@@ -201,6 +201,7 @@ def _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, b
             f"model.conv_init={conv_init!r} is not a Keras initializer ({err}); use e.g. 'he_normal' or 'glorot_uniform'."
         ) from None
     get_backbone(backbone).check_alpha(backbone_alpha)
+    get_backbone(backbone).check_bn_momentum(bn_momentum)
     if coarse not in COARSE_HEADS:
         raise ConfigError(f"model.coarse={coarse!r} is not valid; allowed: {list(COARSE_HEADS)}.")
     if not isinstance(width, numbers.Integral) or isinstance(width, bool) or width < 2:
@@ -307,7 +308,8 @@ def _scale3(b, img, z2, size):
 
 
 def _graph(input_size, scales, skips, backbone, output, coarse_hidden, dropout, conv_init, depth_init,
-           coarse="dense", separable=False, backbone_alpha=1.0, width=64, kernel_size=0, skip_norm="none"):
+           coarse="dense", separable=False, backbone_alpha=1.0, width=64, kernel_size=0, skip_norm="none",
+           bn_momentum=0.0):
     """The functional graph: returns (image input, {scale: depth}, names of the backbone's layers)."""
     spec = get_backbone(backbone)
     sizes = scale_sizes(input_size)
@@ -315,7 +317,7 @@ def _graph(input_size, scales, skips, backbone, output, coarse_hidden, dropout, 
     image = keras.Input(shape=(*input_size, 3), dtype="float32", name="image")
     preprocess = spec.preprocess()
     pre = preprocess(image)
-    net = spec.build(pre, backbone_alpha)
+    net = spec.build(pre, backbone_alpha, bn_momentum)
     taps = {role: net.get_layer(name).output for role, name in spec.taps.items()}
     z1 = _coarse(taps["deep"], dropout, coarse_hidden, sizes["scale1"], coarse, conv_init)
     outputs = {"scale1": b.depth(z1, "scale1")}
@@ -405,6 +407,9 @@ class DepthNetwork(keras.Model):
             kernels on a device (its 5x5 and 9x9 ones are several times slower per tap).
         skip_norm: "none", or "layer": a LayerNormalization (`skip1_1_norm`, `skip1_2_norm`) on
             each skip branch's input.
+        bn_momentum: momentum of the backbone's BatchNormalization moving statistics; 0 = the
+            backbone's own (MobileNetV2: 0.999, which from random weights lags a few thousand
+            steps of training; see docs/deploy.md). VGG16 has none and takes only 0.
         dtype: Keras dtype policy of the layers ("float32", "mixed_bfloat16", ...); None = the
             global policy. Heads and depth activations are float32 whatever it is.
         **kwargs: passed to `keras.Model` (name, trainable).
@@ -421,10 +426,11 @@ class DepthNetwork(keras.Model):
 
     def __init__(self, input_size=(64, 80), scales=3, skips=True, backbone="vgg16", output="log",
                  coarse_hidden=4200, dropout=0.5, conv_init="he_normal", depth_init=2.0, dtype=None,
-                 coarse="dense", separable=False, backbone_alpha=1.0, width=64, kernel_size=0, skip_norm="none", **kwargs):
+                 coarse="dense", separable=False, backbone_alpha=1.0, width=64, kernel_size=0, skip_norm="none",
+                 bn_momentum=0.0, **kwargs):
         input_size = check_input_size(input_size)
         options = dict(coarse=coarse, separable=separable, backbone_alpha=backbone_alpha, width=width, kernel_size=kernel_size,
-                       skip_norm=skip_norm)
+                       skip_norm=skip_norm, bn_momentum=bn_momentum)
         _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone, **options)
         check_backbone_input(input_size, backbone)
         check_network_size(input_size, coarse_hidden, backbone, coarse)  # before allocating anything
@@ -451,6 +457,7 @@ class DepthNetwork(keras.Model):
         self.backbone_alpha = float(backbone_alpha)
         self.width = int(width)
         self.kernel_size = int(kernel_size)
+        self.bn_momentum = float(bn_momentum)
         self.backbone_layers = backbone_layers
 
     @property
@@ -505,6 +512,7 @@ class DepthNetwork(keras.Model):
             "backbone_alpha": self.backbone_alpha,
             "width": self.width,
             "kernel_size": self.kernel_size,
+            "bn_momentum": self.bn_momentum,
         }
 
     @classmethod
