@@ -408,8 +408,9 @@ class DepthNetwork(keras.Model):
         skip_norm: "none", or "layer": a LayerNormalization (`skip1_1_norm`, `skip1_2_norm`) on
             each skip branch's input.
         bn_momentum: momentum of the backbone's BatchNormalization moving statistics; 0 = the
-            backbone's own (MobileNetV2: 0.999, which from random weights lags a few thousand
-            steps of training; see docs/deploy.md). VGG16 has none and takes only 0.
+            backbone's own (MobileNetV2: 0.999, whose statistics lag a network trained from
+            random weights by about a thousand steps; docs/deploy.md). VGG16 has none and takes
+            only 0.
         dtype: Keras dtype policy of the layers ("float32", "mixed_bfloat16", ...); None = the
             global policy. Heads and depth activations are float32 whatever it is.
         **kwargs: passed to `keras.Model` (name, trainable).
