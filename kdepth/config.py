@@ -75,6 +75,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "coarse": Key("dense", "str", "scale-1 head: dense (paper) or compact (1x1 conv to 64 channels first, for devices)", ("dense", "compact")),
         "width": Key(64, "int", "channels of the scale-2/3 and skip convolutions (first image-branch conv: 1.5x)", min=2),
         "kernel_size": Key(0, "int", "kernel of the scale-2/3 and skip convolutions; 0 = the paper's 9 and 5 (3 for devices)", min=0),
+        "head_kernel_size": Key(0, "int", "kernel of the scale-2/3 linear heads; 0 = as kernel_size (1 for devices)", min=0),
         "separable": Key(False, "bool", "depthwise-separable convolutions in scales 2, 3 and the skips (for devices)"),
         "skip_norm": Key("layer", "str", "normalisation of each skip branch's input: none, or layer (LayerNormalization over channels; keeps the skip convolutions alive)", ("none", "layer")),
         "coarse_hidden": Key(4200, "int", "width of the first dense layer of scale 1 (layer 1.6)", min=1),

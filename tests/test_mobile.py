@@ -126,6 +126,24 @@ def test_bad_bn_momentum_is_a_config_error(kwargs, message):
         DepthNetwork(input_size=(32, 32), coarse_hidden=16, **kwargs)
 
 
+def test_head_kernel_size_sets_only_the_heads_and_round_trips():
+    net = _mobile(scales=3, head_kernel_size=1)
+    assert net.get_layer("scale2_head").kernel.shape == (1, 1, 8, 1)
+    assert net.get_layer("scale3_head").kernel.shape == (1, 1, 8, 1)
+    assert net.get_layer("scale3_conv4").depthwise_kernel.shape[:2] == (3, 3)  # the other convolutions keep kernel_size
+    again = DepthNetwork.from_config(net.get_config())
+    assert again.get_config()["head_kernel_size"] == 1
+    assert again.get_layer("scale3_head").kernel.shape == (1, 1, 8, 1)
+    np.testing.assert_allclose(again.serving_model().predict_on_batch(np.zeros((1, 32, 32, 3), "float32")), 2.0, rtol=1e-6)
+    assert _mobile(scales=2).get_layer("scale2_head").kernel.shape[:2] == (3, 3)  # 0: as kernel_size
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True])
+def test_bad_head_kernel_size_is_a_config_error(value):
+    with pytest.raises(ConfigError, match=rf"model.head_kernel_size={value!r} is not valid; it must be 0"):
+        _mobile(scales=2, head_kernel_size=value)
+
+
 def test_mobile_toml_builds_the_device_network():
     config = load_config([MOBILE_CONFIG])
     m = config.model
@@ -134,6 +152,7 @@ def test_mobile_toml_builds_the_device_network():
     small = load_config([MOBILE_CONFIG], MOBILE_SETS)
     net = network_from_config(small, 2)
     assert (net.backbone, net.backbone_alpha, net.coarse, net.separable, net.width) == ("mobilenet_v2", 0.35, "compact", True, 8)
+    assert net.get_layer("scale2_head").kernel.shape[:2] == (m.head_kernel_size,) * 2
 
 
 def test_mobilenet_weights_from_a_keras3_weights_file(tmp_path):

@@ -413,7 +413,7 @@ def test_config_round_trip_rebuilds_the_same_network(tiny_network, rgb_images):
         "backbone": "vgg16", "output": "softplus", "coarse_hidden": 16, "dropout": 0.25,
         "conv_init": "he_normal", "depth_init": 3.0, "dtype": "float32",
         "coarse": "dense", "separable": False, "backbone_alpha": 1.0, "width": 64, "kernel_size": 0, "skip_norm": "none",
-        "bn_momentum": 0.0,
+        "bn_momentum": 0.0, "head_kernel_size": 0,
     }
     rebuilt = DepthNetwork.from_config(config)
     assert rebuilt.get_config() == config

@@ -181,7 +181,8 @@ def check_backbone_input(input_size, backbone):
 
 
 def _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone, coarse="dense",
-                separable=False, backbone_alpha=1.0, width=64, kernel_size=0, skip_norm="none", bn_momentum=0.0):
+                separable=False, backbone_alpha=1.0, width=64, kernel_size=0, skip_norm="none", bn_momentum=0.0,
+                head_kernel_size=0):
     if skip_norm not in SKIP_NORMS:
         raise ConfigError(f"model.skip_norm={skip_norm!r} is not valid; allowed: {list(SKIP_NORMS)}.")
     if scales not in (1, 2, 3) or isinstance(scales, bool):
@@ -208,6 +209,10 @@ def _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, b
         raise ConfigError(f"model.width={width!r} is not valid; it must be an integer >= 2 (paper: 64).")
     if not isinstance(kernel_size, numbers.Integral) or isinstance(kernel_size, bool) or kernel_size < 0:
         raise ConfigError(f"model.kernel_size={kernel_size!r} is not valid; it must be 0 (the paper's 9 and 5) or a size >= 1, e.g. 3.")
+    if not isinstance(head_kernel_size, numbers.Integral) or isinstance(head_kernel_size, bool) or head_kernel_size < 0:
+        raise ConfigError(
+            f"model.head_kernel_size={head_kernel_size!r} is not valid; it must be 0 (as model.kernel_size) or a size >= 1, e.g. 1."
+        )
     if not isinstance(separable, bool):
         raise ConfigError(f"model.separable={separable!r} is not valid; allowed: true or false.")
 
@@ -226,9 +231,11 @@ def dtype_policy(name):
 class _Builder:
     """Builds the layers of one network; a namespace for the layer factories of `_graph`."""
 
-    def __init__(self, conv_init, output, depth_init, separable=False, width=64, kernel_size=0, skip_norm="none"):
+    def __init__(self, conv_init, output, depth_init, separable=False, width=64, kernel_size=0, skip_norm="none",
+                 head_kernel_size=0):
         self.conv_init, self.output, self.depth_init = conv_init, output, float(depth_init)
         self.separable, self.kernel_size = separable, kernel_size
+        self.head_kernel_size = head_kernel_size or kernel_size or 5
         self.width, self.wide = width, width * 3 // 2  # the paper's 64 and 96 channels
         self.skip_norm = skip_norm
 
@@ -244,7 +251,7 @@ class _Builder:
 
     def head(self, name):
         # Linear, zero kernel: z = 0 -> depth_init everywhere at the start; float32 under mixed precision.
-        return keras.layers.Conv2D(1, self.kernel_size or 5, padding="same", kernel_initializer="zeros", dtype="float32",
+        return keras.layers.Conv2D(1, self.head_kernel_size, padding="same", kernel_initializer="zeros", dtype="float32",
                                    name=name)
 
     def depth(self, z, name):
@@ -309,11 +316,11 @@ def _scale3(b, img, z2, size):
 
 def _graph(input_size, scales, skips, backbone, output, coarse_hidden, dropout, conv_init, depth_init,
            coarse="dense", separable=False, backbone_alpha=1.0, width=64, kernel_size=0, skip_norm="none",
-           bn_momentum=0.0):
+           bn_momentum=0.0, head_kernel_size=0):
     """The functional graph: returns (image input, {scale: depth}, names of the backbone's layers)."""
     spec = get_backbone(backbone)
     sizes = scale_sizes(input_size)
-    b = _Builder(conv_init, output, depth_init, separable, width, kernel_size, skip_norm)
+    b = _Builder(conv_init, output, depth_init, separable, width, kernel_size, skip_norm, head_kernel_size)
     image = keras.Input(shape=(*input_size, 3), dtype="float32", name="image")
     preprocess = spec.preprocess()
     pre = preprocess(image)
@@ -405,6 +412,9 @@ class DepthNetwork(keras.Model):
         kernel_size: kernel of those convolutions and of the scale-2/3 heads; 0 = the paper's
             (9 for the image branches' first, 5 for the rest). 3 suits LiteRT's int8 depthwise
             kernels on a device (its 5x5 and 9x9 ones are several times slower per tap).
+        head_kernel_size: kernel of the scale-2/3 heads (the linear 1-channel convolutions) if
+            not 0; 0 = as `kernel_size`. 1 on a device: a 3x3 head at 96x128 took 2.5x a 1x1
+            one in LiteRT int8 (docs/deploy.md).
         skip_norm: "none", or "layer": a LayerNormalization (`skip1_1_norm`, `skip1_2_norm`) on
             each skip branch's input.
         bn_momentum: momentum of the backbone's BatchNormalization moving statistics; 0 = the
@@ -428,10 +438,10 @@ class DepthNetwork(keras.Model):
     def __init__(self, input_size=(64, 80), scales=3, skips=True, backbone="vgg16", output="log",
                  coarse_hidden=4200, dropout=0.5, conv_init="he_normal", depth_init=2.0, dtype=None,
                  coarse="dense", separable=False, backbone_alpha=1.0, width=64, kernel_size=0, skip_norm="none",
-                 bn_momentum=0.0, **kwargs):
+                 bn_momentum=0.0, head_kernel_size=0, **kwargs):
         input_size = check_input_size(input_size)
         options = dict(coarse=coarse, separable=separable, backbone_alpha=backbone_alpha, width=width, kernel_size=kernel_size,
-                       skip_norm=skip_norm, bn_momentum=bn_momentum)
+                       skip_norm=skip_norm, bn_momentum=bn_momentum, head_kernel_size=head_kernel_size)
         _check_args(scales, output, coarse_hidden, dropout, conv_init, depth_init, backbone, **options)
         check_backbone_input(input_size, backbone)
         check_network_size(input_size, coarse_hidden, backbone, coarse)  # before allocating anything
@@ -459,6 +469,7 @@ class DepthNetwork(keras.Model):
         self.width = int(width)
         self.kernel_size = int(kernel_size)
         self.bn_momentum = float(bn_momentum)
+        self.head_kernel_size = int(head_kernel_size)
         self.backbone_layers = backbone_layers
 
     @property
@@ -514,6 +525,7 @@ class DepthNetwork(keras.Model):
             "width": self.width,
             "kernel_size": self.kernel_size,
             "bn_momentum": self.bn_momentum,
+            "head_kernel_size": self.head_kernel_size,
         }
 
     @classmethod

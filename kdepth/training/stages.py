@@ -49,6 +49,7 @@ def network_from_config(config, scales):
         coarse_hidden=m.coarse_hidden, dropout=m.dropout, conv_init=m.conv_init, depth_init=m.depth_init,
         coarse=m.coarse, separable=m.separable, backbone_alpha=m.backbone_alpha, width=m.width,
         kernel_size=m.kernel_size, skip_norm=m.skip_norm, bn_momentum=m.bn_momentum,
+        head_kernel_size=m.head_kernel_size,
     )
 
 
