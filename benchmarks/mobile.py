@@ -15,10 +15,14 @@
     python benchmarks/mobile.py                          # results in benchmarks/results/mobile.json
     python benchmarks/mobile.py --skip-accuracy          # size and latency only, about 2 minutes
     python benchmarks/mobile.py --skip-latency --networks vgg16   # one network's accuracy runs only
+    python benchmarks/mobile.py --skip-accuracy --variant model.head_kernel_size=3   # a third file beside them
 
 3. With `--cuts`: where the mobile network's int8 time goes, the network built with scale 1 only,
    scales 1-2 and all three (each served at the deploy size, so the serving resize is in all
    three), invoked alternately like the two networks.
+4. With `--ops`: what one int8 op of each costly kind takes at the deploy size's scale-3 grid
+   (separable, depthwise, pointwise and full 3x3 convolutions at `model.width` channels, the
+   heads, the convolutions that read the image), each op alone against four copies of it.
 """
 
 import argparse
@@ -85,18 +89,20 @@ def _interleaved_latency(paths, repeats):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def size_and_latency(size, repeats):
+def size_and_latency(size, repeats, variants=()):
+    """int8 size and latency of the two networks, and of configs/mobile.toml with each `--set` in `variants`."""
     from kdepth.config import load_config
     from kdepth.training.stages import network_from_config
 
     sets = [f"model.input_size=[{size[0]}, {size[1]}]"]
     configs = {"mobile": load_config([MOBILE_TOML], sets), "vgg16": load_config([], sets)}
+    configs.update({f"mobile {v}": load_config([MOBILE_TOML], [*sets, v]) for v in variants})
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
-        for name, config in configs.items():
+        for i, (name, config) in enumerate(configs.items()):
             network = network_from_config(config, 3)
-            folder = Path(tmp) / name
+            folder = Path(tmp) / f"network{i}"
             paths[name] = _int8_file(network, folder, tuple(size))
             out[name] = {"parameters": network.count_params(), "int8_bytes": paths[name].stat().st_size}
             print(f"{name}: {out[name]['parameters']:,} parameters, int8 {out[name]['int8_bytes'] / 1e6:.2f} MB", flush=True)
@@ -118,6 +124,62 @@ def cut_latency(size, repeats):
         paths = {f"scales 1-{n}": _int8_file(network_from_config(config, n), Path(tmp) / f"scales{n}", tuple(size))
                  for n in (1, 2, 3)}
         return _interleaved_latency(paths, repeats)
+
+
+def _op_models(size, width):
+    """{name: (input shape, layer factory)} of the mobile network's costly op kinds at `size`."""
+    import keras
+
+    from kdepth.models.depth_network import scale_sizes
+
+    layers = keras.layers
+    h3, w3 = scale_sizes(size)["scale3"]
+    wide, sep = width * 3 // 2, dict(padding="same", activation="relu")
+    return {
+        "image branch conv1: separable 3x3/2, 3 -> 1.5 x width": ((*size, 3), lambda: layers.SeparableConv2D(wide, 3, strides=2, **sep)),
+        "MobileNetV2 Conv1: 3x3/2, 3 -> 16": ((*size, 3), lambda: layers.Conv2D(16, 3, strides=2, **sep)),
+        "separable 3x3, width -> width": ((h3, w3, width), lambda: layers.SeparableConv2D(width, 3, **sep)),
+        "its depthwise 3x3 alone": ((h3, w3, width), lambda: layers.DepthwiseConv2D(3, **sep)),
+        "its pointwise 1x1 alone": ((h3, w3, width), lambda: layers.Conv2D(width, 1, **sep)),
+        "full 3x3, width -> width": ((h3, w3, width), lambda: layers.Conv2D(width, 3, **sep)),
+        "head 3x3, width -> 1": ((h3, w3, width), lambda: layers.Conv2D(1, 3, padding="same")),
+        "head 1x1, width -> 1": ((h3, w3, width), lambda: layers.Conv2D(1, 1, padding="same")),
+    }
+
+
+def _inference(model):
+    return lambda tensor: model(tensor, training=False)
+
+
+def op_latency(size, width, repeats):
+    """Median int8 ms of one op of each kind in `_op_models`, at the scale-3 grid of `size`.
+
+    Each op is converted twice, once alone and once as four copies reading the same input, and
+    (t4 - t1) / 3 is its time: the input's quantization and the outputs' copies cancel. All the
+    files are invoked alternately.
+    """
+    import keras
+    import numpy as np
+
+    from kdepth.export import convert_tflite
+
+    rng = np.random.default_rng(0)
+    ops = _op_models(tuple(size), width)
+    paths = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, (shape, make)) in enumerate(ops.items()):
+            for copies in (1, 4):
+                x = keras.Input(shape=shape)
+                model = keras.Model(x, [make()(x) for _ in range(copies)])
+                archive = keras.export.ExportArchive()
+                archive.add_endpoint("serve", _inference(model), input_signature=[keras.InputSpec(shape=(None, *shape), dtype="float32")])
+                folder = Path(tmp) / f"op{i}x{copies}"
+                archive.write_out(str(folder), verbose=False)
+                samples = [rng.uniform(-1, 1, (1, *shape)).astype(np.float32) for _ in range(8)]
+                paths[(name, copies)] = folder / "model.tflite"
+                paths[(name, copies)].write_bytes(convert_tflite(folder, "int8", lambda s=samples: ([x] for x in s)))
+        ms = _interleaved_latency(paths, repeats)
+    return {name: (ms[(name, 4)] - ms[(name, 1)]) / 3 for name in ops}
 
 
 def _step_seconds(configs, repeats):
@@ -209,14 +271,23 @@ def main():
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-latency", action="store_true", help="only the accuracy part (e.g. beside another job)")
     parser.add_argument("--cuts", action="store_true", help="also time the mobile network with 1, 2 and 3 scales")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
+                        help="also time configs/mobile.toml with this --set beside the two, e.g. model.head_kernel_size=3")
+    parser.add_argument("--ops", action="store_true", help="also time single ops of its scale-3 grid, one kind at a time")
     args = parser.parse_args()
     result = {"machine": machine(), "size": args.size}
     if not args.skip_latency:
-        result["latency"] = size_and_latency(args.size, args.repeats)
+        result["latency"] = size_and_latency(args.size, args.repeats, args.variant)
         print(json.dumps(result["latency"], indent=2), flush=True)
     if args.cuts:
         result["cuts_ms"] = cut_latency(args.size, args.repeats)
         print(json.dumps(result["cuts_ms"], indent=2), flush=True)
+    if args.ops:
+        from kdepth.config import load_config
+
+        width = load_config([MOBILE_TOML]).model.width
+        result["ops_ms"] = op_latency(args.size, width, args.repeats)
+        print(json.dumps(result["ops_ms"], indent=2), flush=True)
     if not args.skip_accuracy:
         result["acc_size"] = args.acc_size
         result["accuracy"] = accuracy(args.acc_size, args.epochs, args.vgg_steps, args.seeds, args.networks)
