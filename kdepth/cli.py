@@ -532,5 +532,23 @@ def config_base():
     click.echo(base_toml(), nl=False)
 
 
-if __name__ == "__main__":
+def _command(args):
+    """The subcommand in a `kdepth` argument list (its first word that is not a global option)."""
+    return next((a for a in args if not a.startswith("-")), None)
+
+
+def entry():
+    """The `kdepth` console script: `kdepth fit` restarts itself with the page pool, then the CLI runs.
+
+    The pool (`kdepth.allocator.exec_with_page_pool`) must be preloaded when the process starts,
+    so this happens here, before click, and not in `main`, which tests call in-process.
+    """
+    if _command(sys.argv[1:]) == "fit":
+        from kdepth.allocator import exec_with_page_pool
+
+        exec_with_page_pool(sys.orig_argv[1:])  # as started: `kdepth fit ...` or `python -m kdepth.cli fit ...`
     main()
+
+
+if __name__ == "__main__":
+    entry()

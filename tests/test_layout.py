@@ -66,7 +66,7 @@ def test_data_never_imports_models(module):
 def test_nothing_but_the_entry_point_imports_the_cli():
     importers = sorted(m for m in MODULES if m != "kdepth.cli" and "kdepth.cli" in _imports(m))
     assert importers == [], f"{importers} import kdepth.cli; only the `kdepth` entry point (pyproject.toml) may"
-    assert 'kdepth = "kdepth.cli:main"' in (PACKAGE.parent / "pyproject.toml").read_text()
+    assert 'kdepth = "kdepth.cli:entry"' in (PACKAGE.parent / "pyproject.toml").read_text()
 
 
 def test_the_rules_see_lazy_imports():
