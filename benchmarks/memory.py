@@ -20,6 +20,9 @@ and runs train steps on random in-memory tensors. The child reports
 - the step time, its minor page faults and its kernel CPU time (medians of the steps after the
   first): an allocator that hands pages back makes the kernel fault in and zero them again.
 
+Each child restarts itself with kdepth's page pool preloaded where `kdepth fit` would
+(`kdepth.allocator.exec_with_page_pool`; copies of kdepth from before it have none):
+`--variant 'nopool;env:KDEPTH_PAGE_POOL=0'` measures without it.
 `--variant 'NAME;KEY=VALUE;env:K=V'` adds this code run with config overrides and environment
 variables, interleaved the same way, so the cost of each setting is measured apart.
 `--code NAME=DIR` adds the same configurations run with another copy of kdepth on PYTHONPATH
@@ -29,6 +32,7 @@ memory.md.
 """
 
 import argparse
+import importlib
 import json
 import os
 import resource
@@ -115,7 +119,8 @@ def child(spec):
     config = load_config([], sets)
     figures = {"rss_python_start": after_import_start, "rss_after_import": rss(),
                # What TensorFlow read when it started (older copies of kdepth did not set it).
-               "system_allocator": os.environ.get("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "").lower() in ("1", "true")}
+               "system_allocator": os.environ.get("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "").lower() in ("1", "true"),
+               "page_pool": _page_pool_stats() is not None}
     with dtype_policy(config.train.precision):
         keras.utils.set_random_seed(0)
         parts = build_trainer(config, 1)
@@ -183,6 +188,18 @@ def _phases(trainer, images, target, steps):
     return out
 
 
+def _page_pool_stats():
+    allocator = importlib.import_module("kdepth.allocator")
+    return allocator.page_pool_stats() if hasattr(allocator, "page_pool_stats") else None  # older copies have none
+
+
+def _page_pool_as_fit_has_it():
+    """Restarts the child with the page pool preloaded where its kdepth's `kdepth fit` would be."""
+    allocator = importlib.import_module("kdepth.allocator")
+    if hasattr(allocator, "exec_with_page_pool"):
+        allocator.exec_with_page_pool([__file__, *sys.argv[1:]])
+
+
 def run(spec, code_dir):
     """Runs `child(spec)` in a fresh process with `code_dir` first on PYTHONPATH."""
     env = {**os.environ, "PYTHONPATH": str(code_dir), **dict(e.split("=", 1) for e in spec.get("env", []))}
@@ -202,7 +219,8 @@ def gb(n):
 
 def _allocator(figures):
     """Which allocator served TensorFlow's CPU tensors ("?" in results of older benchmarks)."""
-    return {True: "system", False: "oneDNN pool"}.get(figures.get("system_allocator"), "?")
+    name = {True: "system", False: "oneDNN pool"}.get(figures.get("system_allocator"), "?")
+    return f"{name} + page pool" if figures.get("page_pool") else name
 
 
 def _get(figures, key, fmt):
@@ -254,6 +272,7 @@ def main(argv=None):
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
+        _page_pool_as_fit_has_it()
         return child(json.loads(args.child))
     h, w = (int(x) for x in args.size.split("x"))
     codes = [("this", HERE, [], [])] + [(*c.split("=", 1), [], []) for c in args.code]
