@@ -1,4 +1,4 @@
-"""How the process's allocators hand freed memory back to the system.
+"""How the process's allocators hand freed memory back to the system, and reuse its pages.
 
 With oneDNN on (TensorFlow's default on x86), TensorFlow's CPU tensors of 256 KiB and more come
 from oneDNN's caching allocator (`MklCPUAllocator`, a BFC pool): it never gives a page back and
