@@ -188,16 +188,21 @@ def _phases(trainer, images, target, steps):
     return out
 
 
+def _allocator_function(name):
+    """kdepth.allocator's function `name` in the kdepth copy on the path; None in copies older than the page pool."""
+    return getattr(importlib.import_module("kdepth.allocator"), name, None)
+
+
 def _page_pool_stats():
-    allocator = importlib.import_module("kdepth.allocator")
-    return allocator.page_pool_stats() if hasattr(allocator, "page_pool_stats") else None  # older copies have none
+    stats = _allocator_function("page_pool_stats")
+    return stats() if stats else None
 
 
 def _page_pool_as_fit_has_it():
     """Restarts the child with the page pool preloaded where its kdepth's `kdepth fit` would be."""
-    allocator = importlib.import_module("kdepth.allocator")
-    if hasattr(allocator, "exec_with_page_pool"):
-        allocator.exec_with_page_pool([__file__, *sys.argv[1:]])
+    restart = _allocator_function("exec_with_page_pool")
+    if restart:
+        restart([__file__, *sys.argv[1:]])
 
 
 def run(spec, code_dir):

@@ -147,10 +147,6 @@ def _op_models(size, width):
     }
 
 
-def _inference(model):
-    return lambda tensor: model(tensor, training=False)
-
-
 def op_latency(size, width, repeats):
     """Median int8 ms of one op of each kind in `_op_models`, at the scale-3 grid of `size`.
 
@@ -161,7 +157,7 @@ def op_latency(size, width, repeats):
     import keras
     import numpy as np
 
-    from kdepth.export import convert_tflite
+    from kdepth.export import convert_tflite, write_saved_model
 
     rng = np.random.default_rng(0)
     ops = _op_models(tuple(size), width)
@@ -170,11 +166,8 @@ def op_latency(size, width, repeats):
         for i, (name, (shape, make)) in enumerate(ops.items()):
             for copies in (1, 4):
                 x = keras.Input(shape=shape)
-                model = keras.Model(x, [make()(x) for _ in range(copies)])
-                archive = keras.export.ExportArchive()
-                archive.add_endpoint("serve", _inference(model), input_signature=[keras.InputSpec(shape=(None, *shape), dtype="float32")])
                 folder = Path(tmp) / f"op{i}x{copies}"
-                archive.write_out(str(folder), verbose=False)
+                write_saved_model(keras.Model(x, [make()(x) for _ in range(copies)]), folder)
                 samples = [rng.uniform(-1, 1, (1, *shape)).astype(np.float32) for _ in range(8)]
                 paths[(name, copies)] = folder / "model.tflite"
                 paths[(name, copies)].write_bytes(convert_tflite(folder, "int8", lambda s=samples: ([x] for x in s)))

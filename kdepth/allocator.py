@@ -109,10 +109,9 @@ PAGE_POOL_STATS = ("reused_bytes", "fresh_bytes", "high_bytes", "pooled_bytes", 
 _TRIED_ENV = "_KDEPTH_PAGE_POOL_TRIED"  # set by exec_with_page_pool: a restarted process never restarts again
 
 
-def page_pool_wanted(environ=None):
-    """Whether a process may use the page pool: Linux, and `KDEPTH_PAGE_POOL` is not 0."""
-    environ = os.environ if environ is None else environ
-    return sys.platform.startswith("linux") and environ.get(PAGE_POOL_ENV, "1").strip() != "0"
+def page_pool_wanted():
+    """Whether this process may use the page pool: Linux, and `KDEPTH_PAGE_POOL` is not 0."""
+    return sys.platform.startswith("linux") and os.environ.get(PAGE_POOL_ENV, "1").strip() != "0"
 
 
 def _cache_dir():

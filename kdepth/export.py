@@ -221,18 +221,18 @@ def write_saved_model(deploy, path):
     """Writes the deploy model as a SavedModel with the endpoint `serve` (and `serving_default`).
 
     The same artifact as `deploy.export(path, format="tf_saved_model")`: input "image" float32
-    (None, H, W, 3), one output, batch dimension free. It is built with `ExportArchive` without
+    of the model's input shape (None, H, W, 3 for a deploy model), one output, batch dimension free. It is built with `ExportArchive` without
     `track()`, because `model.export` (track + endpoint) stores every weight twice in Keras 3.15
     (keras-team/keras#23553: 2x the file size and 2x the variable memory of every server that
     loads it); the endpoint's captured variables are saved once either way. The parity check
     loads the result, so an export that lost its variables cannot pass unnoticed.
     """
-    h, w = (int(d) for d in deploy.inputs[0].shape[1:3])
+    shape = tuple(int(d) for d in deploy.inputs[0].shape[1:])
     archive = keras.export.ExportArchive()
     archive.add_endpoint(
         "serve",
         lambda image: deploy(image, training=False),
-        input_signature=[keras.InputSpec(shape=(None, h, w, 3), dtype="float32", name="image")],
+        input_signature=[keras.InputSpec(shape=(None, *shape), dtype="float32", name="image")],
     )
     archive.write_out(str(path), verbose=False)
 

@@ -182,26 +182,34 @@ void free(void *p) {
     __libc_free(p);
 }
 
+// The size of p if it is one of the pool's blocks, else 0.
+static size_t pool_size(void *p) {
+    if (((uintptr_t)p & (PAGE - 1)) != 0) return 0;  // only page-aligned pointers can be ours
+    pthread_mutex_lock(&lock);
+    Block *b = find((uintptr_t)p);
+    size_t s = b ? b->size : 0;
+    pthread_mutex_unlock(&lock);
+    return s;
+}
+
+static size_t libc_usable_size(void *p) {
+    static size_t (*usable)(void *);
+    if (!usable) usable = (size_t (*)(void *))dlsym(RTLD_NEXT, "malloc_usable_size");
+    return usable(p);
+}
+
 size_t malloc_usable_size(void *p) {
-    if (p && ((uintptr_t)p & (PAGE - 1)) == 0) {
-        pthread_mutex_lock(&lock);
-        Block *b = find((uintptr_t)p);
-        size_t s = b ? b->size : 0;
-        pthread_mutex_unlock(&lock);
-        if (b) return s;
-    }
-    static size_t (*libc_usable)(void *);
-    if (!libc_usable) libc_usable = (size_t (*)(void *))dlsym(RTLD_NEXT, "malloc_usable_size");
-    return p ? libc_usable(p) : 0;
+    if (!p) return 0;
+    size_t s = pool_size(p);
+    return s ? s : libc_usable_size(p);
 }
 
 void *realloc(void *p, size_t n) {
     if (!p) return malloc(n);
     if (!n) { free(p); return NULL; }
-    size_t s = malloc_usable_size(p);
-    int ours = 0;
-    if (((uintptr_t)p & (PAGE - 1)) == 0) { pthread_mutex_lock(&lock); ours = find((uintptr_t)p) != NULL; pthread_mutex_unlock(&lock); }
-    if (!ours && n < min_bytes) return __libc_realloc(p, n);
+    size_t s = pool_size(p);
+    if (!s && n < min_bytes) return __libc_realloc(p, n);
+    if (!s) s = libc_usable_size(p);
     void *q = malloc(n);
     if (!q) return NULL;
     memcpy(q, p, s < n ? s : n);
