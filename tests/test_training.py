@@ -14,7 +14,7 @@ from kdepth.models import DepthNetwork, transfer_weights
 from kdepth.training import callbacks as cb
 from kdepth.training.fit import fit
 from kdepth.training.stages import apply_stage, build_optimizer
-from kdepth.training.trainer import DepthTrainer
+from kdepth.training.trainer import DepthTrainer, defer_dense_gradients
 
 
 def tiny_config(tmp_path, *extra):
@@ -136,6 +136,39 @@ def test_recomputed_block1_gives_the_same_loss_and_gradients():
     for g, g_r in zip(grads, grads_r, strict=True):
         np.testing.assert_allclose(g_r.numpy(), g.numpy(), rtol=1e-6, atol=1e-7)
     assert convs_r == convs + 4  # block1_conv1, block1_conv2, scale2_conv1, scale3_conv1 run again
+
+
+def test_dense_kernel_gradients_wait_for_every_other_gradient():
+    # scale1_dense1's kernel gradient is made early in the backward pass; it must wait for the
+    # backbone's (where the step's memory peaks) and come out the same.
+    network = DepthNetwork(input_size=(32, 32), scales=2, coarse_hidden=32, dropout=0.0)
+    trainer = DepthTrainer(network, flip_group=("identity", "lr"), set_weight=1.0, recompute=network.recompute_layers)
+    images, target = _batch(np.random.default_rng(4))
+    variables = trainer.trainable_variables
+    paths = [v.path for v in variables]
+    graph = {}
+
+    def gradients(defer):
+        @tf.function
+        def run():
+            with tf.GradientTape() as tape:
+                total = trainer.compute_terms(target, trainer(images, training=True))[1]
+            grads = tape.gradient(total, variables)
+            if defer:
+                graph["deferred"] = defer_dense_gradients(grads)
+                graph["waits_for"] = {p: {op.name for op in g.op.control_inputs} for p, g in zip(paths, grads, strict=True)}
+                graph["block1"] = grads[paths.index("block1_conv1/kernel")].op.name
+            return grads
+
+        return run()
+
+    plain, deferred = gradients(False), gradients(True)
+    assert graph["deferred"] == 2
+    for path in paths:
+        assert (graph["block1"] in graph["waits_for"][path]) == (path in ("scale1_dense1/kernel", "scale1_dense2/kernel")), path
+    for g, g_deferred in zip(plain, deferred, strict=True):
+        np.testing.assert_array_equal(g_deferred.numpy(), g.numpy())
+    assert defer_dense_gradients(plain) == 0  # eagerly every gradient exists already
 
 
 @pytest.mark.parametrize(
