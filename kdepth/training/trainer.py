@@ -79,12 +79,13 @@ def defer_dense_gradients(grads):
             deferred.append(op)
         else:
             others.append(g.op)
-    if deferred and others:
-        for op in deferred:
-            # Operation._add_control_inputs is private, but it is how TensorFlow's own automatic
-            # control dependencies order ops after they are made; no public API adds one later.
-            op._add_control_inputs(others)
-    return len(deferred) if others else 0
+    if not others:
+        return 0
+    for op in deferred:
+        # Operation._add_control_inputs is private, but it is how TensorFlow's own automatic
+        # control dependencies order ops after they are made; no public API adds one later.
+        op._add_control_inputs(others)
+    return len(deferred)
 
 
 def _replicas():
